@@ -1,0 +1,1 @@
+"""Benchmarks behind `loomray bench ...`: measured figures, never asserted in tests."""

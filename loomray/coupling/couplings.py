@@ -1,0 +1,211 @@
+"""Data-noise couplings with one interface: LOOM-CFM and its two baselines.
+
+Every coupling takes a minibatch (its table rows and data) and returns the
+noise to pair with it::
+
+    z, stats = coupling.step(rows, x, rng)   # train on (x[i], z[i])
+
+* ``LoomCoupling``: Algorithm 1 of LOOM-CFM with K caches. One cache is drawn
+  uniformly per row, the noises of those slots are regenerated from their
+  seeds, an exact assignment re-pairs them with the batch, and the permuted
+  seeds are written back, so the next visit of these rows starts from the
+  improved pairing. Keeping the current pairing is feasible, hence the table
+  cost never increases.
+* ``MinibatchOTCoupling``: fresh noise, OT inside the batch only (OT-CFM).
+* ``IndependentCoupling``: fresh noise, no re-pairing (I-CFM).
+
+Rows: with random horizontal flips a flipped image is a data point of its own,
+row ``i + n_images`` (see ``flip_rows``), as in the authors' code.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from loomray.coupling.noise import noise_from_seeds
+from loomray.coupling.ot import Cost, assignment_from_cost, check_cost, cost_matrix, pair_costs
+from loomray.coupling.table import AssignmentTable
+
+KINDS: tuple[str, ...] = ("loom", "minibatch-ot", "independent")
+
+
+def flip_rows(images: np.ndarray, flipped: np.ndarray, n_images: int) -> np.ndarray:
+    """Table rows of (image index, flipped?) pairs: image i flipped is row i + n_images."""
+    return np.asarray(images, np.int64) + n_images * np.asarray(flipped, np.int64)
+
+
+def split_rows(rows: np.ndarray, n_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of ``flip_rows``: (image index, flipped?) of each row."""
+    rows = np.asarray(rows, np.int64)
+    return rows % n_images, rows >= n_images
+
+
+@dataclass
+class CouplingStats:
+    """What one coupling step did; costs are sums over the batch."""
+
+    swaps: int
+    pre_cost: float
+    post_cost: float
+    caches: np.ndarray
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Coupling(ABC):
+    """Maps a data minibatch to the noise minibatch it is trained against."""
+
+    kind: str
+
+    def __init__(self, cost: Cost = "l2") -> None:
+        check_cost(cost)
+        self.cost = cost
+
+    @abstractmethod
+    def step(
+        self, rows: np.ndarray, x: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, CouplingStats]:
+        """Noise float32 [B, *x.shape[1:]] aligned with ``x``, and the step's stats."""
+
+
+def _fresh_seeds(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.integers(0, 2**63 - 1, size=n, dtype=np.int64)
+
+
+class IndependentCoupling(Coupling):
+    kind = "independent"
+
+    def step(self, rows, x, rng):
+        x = np.asarray(x, np.float32)
+        t0 = time.perf_counter()
+        z = noise_from_seeds(_fresh_seeds(rng, len(x)), x.shape[1:])
+        t1 = time.perf_counter()
+        c = float(pair_costs(x, z, self.cost).sum())
+        return z, CouplingStats(0, c, c, np.zeros(len(x), np.int64), {"noise": t1 - t0})
+
+
+class MinibatchOTCoupling(Coupling):
+    kind = "minibatch-ot"
+
+    def step(self, rows, x, rng):
+        x = np.asarray(x, np.float32)
+        t0 = time.perf_counter()
+        z = noise_from_seeds(_fresh_seeds(rng, len(x)), x.shape[1:])
+        t1 = time.perf_counter()
+        c = cost_matrix(x, z, self.cost)
+        t2 = time.perf_counter()
+        perm = assignment_from_cost(c)
+        t3 = time.perf_counter()
+        idx = np.arange(len(x))
+        stats = CouplingStats(
+            swaps=int((perm != idx).sum()),
+            pre_cost=float(c[idx, idx].sum()),
+            post_cost=float(c[idx, perm].sum()),
+            caches=np.zeros(len(x), np.int64),
+            seconds={"noise": t1 - t0, "cost": t2 - t1, "assign": t3 - t2},
+        )
+        return z[perm], stats
+
+
+class LoomCoupling(Coupling):
+    """LOOM-CFM over an ``AssignmentTable`` it updates in place."""
+
+    kind = "loom"
+
+    def __init__(self, table: AssignmentTable, cost: Cost = "l2") -> None:
+        super().__init__(cost)
+        self.table = table
+
+    def choose_caches(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """One cache per row, uniformly; the only randomness a LOOM step uses."""
+        return rng.integers(0, self.table.caches, size=n, dtype=np.int64)
+
+    def step(self, rows, x, rng):
+        return self.step_with_caches(rows, x, self.choose_caches(len(rows), rng))
+
+    def step_with_caches(
+        self, rows: np.ndarray, x: np.ndarray, caches: np.ndarray
+    ) -> tuple[np.ndarray, CouplingStats]:
+        """The deterministic part of a step, given the caches already drawn."""
+        rows = np.asarray(rows, np.int64)
+        caches = np.asarray(caches, np.int64)
+        x = np.asarray(x, np.float32)
+        if len(rows) != len(x) or len(caches) != len(rows):
+            raise ValueError(
+                f"rows ({len(rows)}), caches ({len(caches)}) and data ({len(x)}) must align"
+            )
+        if rows.size and (rows.min() < 0 or rows.max() >= self.table.rows):
+            raise ValueError(
+                f"row index out of range for a table of {self.table.rows} rows "
+                f"(got {rows.min()}..{rows.max()})"
+            )
+        if np.unique(rows).size != rows.size:
+            # Two draws of one row could pick the same slot twice and break the
+            # invariant that seeds are only permuted.
+            raise ValueError("a minibatch must not repeat a table row")
+        t0 = time.perf_counter()
+        seeds = self.table.seeds[rows, caches]
+        z = noise_from_seeds(seeds, x.shape[1:])
+        t1 = time.perf_counter()
+        c = cost_matrix(x, z, self.cost)
+        t2 = time.perf_counter()
+        perm = assignment_from_cost(c)
+        t3 = time.perf_counter()
+        self.table.seeds[rows, caches] = seeds[perm]
+        self.table.step += 1
+        t4 = time.perf_counter()
+        idx = np.arange(len(x))
+        stats = CouplingStats(
+            swaps=int((perm != idx).sum()),
+            pre_cost=float(c[idx, idx].sum()),
+            post_cost=float(c[idx, perm].sum()),
+            caches=caches,
+            seconds={"noise": t1 - t0, "cost": t2 - t1, "assign": t3 - t2, "update": t4 - t3},
+        )
+        return z[perm], stats
+
+
+def make_coupling(kind: str, table: AssignmentTable | None = None, cost: Cost = "l2") -> Coupling:
+    """The coupling named ``kind``; ``loom`` needs a table."""
+    if kind == "loom":
+        if table is None:
+            raise ValueError("the loom coupling needs an assignment table")
+        return LoomCoupling(table, cost)
+    if kind == "minibatch-ot":
+        return MinibatchOTCoupling(cost)
+    if kind == "independent":
+        return IndependentCoupling(cost)
+    raise ValueError(f"unknown coupling {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def table_cost(
+    table: AssignmentTable, data: np.ndarray, cost: Cost = "l2", chunk: int = 4096
+) -> float:
+    """Total cost of the table: sum over rows i and caches k of c(x_i, z(seed_ik))."""
+    if len(data) != table.rows:
+        raise ValueError(f"data has {len(data)} rows, the table {table.rows}")
+    data = np.asarray(data, np.float32)
+    total = 0.0
+    for k in range(table.caches):
+        for start in range(0, table.rows, chunk):
+            x = data[start : start + chunk]
+            z = noise_from_seeds(table.seeds[start : start + chunk, k], data.shape[1:])
+            total += float(pair_costs(x, z, cost).sum())
+    return total
+
+
+def global_ot_cost(table: AssignmentTable, data: np.ndarray, cost: Cost = "l2") -> float:
+    """The physical limit: the best table reachable by permuting all its seeds.
+
+    A full linear assignment of all ``rows * caches`` noises to all slots (row i
+    repeated K times). Cubic in rows * caches: meant for sets of a few thousand.
+    """
+    data = np.asarray(data, np.float32)
+    z = noise_from_seeds(table.seeds.reshape(-1), data.shape[1:])
+    x = np.repeat(data, table.caches, axis=0)
+    c = cost_matrix(x, z, cost)
+    perm = assignment_from_cost(c)
+    return float(c[np.arange(len(c)), perm].sum())
