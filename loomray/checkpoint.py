@@ -1,0 +1,83 @@
+"""Checkpoints: model, EMA, optimizer, step, RNG and config in one torch file.
+
+Saved with plain tensors and Python scalars only, so loading uses
+``torch.load(weights_only=True)`` and a checkpoint cannot run code. Configs of
+older checkpoints load with missing keys taken from today's defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loomray.config import Config, ConfigError, config_from_dict
+
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or not a loomray checkpoint."""
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write atomically: a crash mid-write never leaves a truncated checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"format": FORMAT, **payload}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = resolve_checkpoint(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise CheckpointError(f"checkpoint {path} cannot be read: {err}") from err
+    if not isinstance(ckpt, dict) or "format" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{path} is not a loomray checkpoint")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A run directory or checkpoint directory -> its latest checkpoint file."""
+    for candidate in (path / "latest.pt", path / "checkpoint.pt"):
+        if candidate.is_file():
+            return candidate
+    found = sorted(path.rglob("checkpoint.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise CheckpointError(f"no checkpoint found under {path}")
+    return found[-1]
+
+
+def config_of(ckpt: dict[str, Any]) -> Config:
+    try:
+        return config_from_dict(ckpt["config"])
+    except ConfigError as err:
+        raise CheckpointError(
+            f"checkpoint {ckpt.get('path')} has an invalid config: {err}"
+        ) from err
+
+
+def ema_model_of(ckpt: dict[str, Any]) -> tuple[Config, torch.nn.Module]:
+    """The EMA network of a checkpoint, in eval mode on the CPU."""
+    from loomray.models import build_model
+
+    cfg = config_of(ckpt)
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(ckpt["ema"])
+    except (KeyError, RuntimeError) as err:
+        raise CheckpointError(
+            f"checkpoint {ckpt.get('path')} has no usable EMA weights: {err}"
+        ) from err
+    return cfg, model.eval()

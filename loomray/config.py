@@ -1,0 +1,360 @@
+"""Typed run configuration: preset YAML + dotted overrides, validated once.
+
+    cfg = load_config("cifar10", ["train.lr=1e-4", "coupling.caches=8"])
+
+Every section is a dataclass; unknown keys, wrong types and impossible values
+raise ``ConfigError`` with one sentence that names the key. The CLI turns that
+into exit code 2. Old configs (e.g. inside checkpoints) are read with missing
+keys filled from the defaults, so new fields never break them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote is wrong; the message says how."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    """cifar10 | imagenet32 | imagenet64 | folder | digits | toy2d | latents"""
+    root: str | None = None
+    """Where the dataset lives (or is downloaded to); None: the loader's default."""
+    download: bool = False
+    """Let torchvision download CIFAR-10 when it is not under root (needs internet)."""
+    resolution: int = 8
+    channels: int = 1
+    flip: bool = True
+    """Random horizontal flips as extra rows: image i flipped is row i + N."""
+    limit: int | None = None
+    """Use only the first N images (quick runs, tests)."""
+    toy: str = "moons"
+    """toy2d target: moons | 8gaussians."""
+    toy_points: int = 4096
+    loader_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "unet"
+    """unet | mlp"""
+    channels: int = 128
+    res_blocks: int = 2
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    attn_resolutions: tuple[int, ...] = (16,)
+    head_channels: int = 64
+    dropout: float = 0.1
+    hidden: int = 256
+    """MLP width."""
+    layers: int = 3
+    """MLP hidden layers."""
+
+
+@dataclass
+class CouplingConfig:
+    kind: str = "loom"
+    """loom | minibatch-ot | independent"""
+    caches: int = 4
+    cost: str = "l2"
+    """l2 (the authors') | sql2"""
+    seed: int = 0
+    snapshot_every: int = 500
+    """Steps between table snapshots of the coupling service."""
+
+
+@dataclass
+class TrainConfig:
+    batch: int = 128
+    """Global batch over all workers."""
+    steps: int = 5000
+    lr: float = 2e-4
+    warmup: int = 5000
+    ema: float = 0.9999
+    sigma: float = 1e-7
+    grad_clip: float = 1.0
+    seed: int = 0
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    bf16: bool = True
+    """bf16 autocast on GPUs (ignored on CPU)."""
+    log_every: int = 50
+    ckpt_every: int = 1000
+    sample_every: int = 0
+    """Steps between sample grids (0: only at the end)."""
+
+
+@dataclass
+class EvalConfig:
+    methods: tuple[str, ...] = ("euler-1", "euler-2", "midpoint-1", "midpoint-2", "midpoint-4")
+    n: int = 50_000
+    every: int = 0
+    """Steps between FID evaluations during training (0: only at the end)."""
+    rtol: float = 1e-5
+    atol: float = 1e-5
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    coupling: CouplingConfig = field(default_factory=CouplingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        if self.data.name == "toy2d":
+            return (2,)
+        return (self.data.channels, self.data.resolution, self.data.resolution)
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(v: Any) -> Any:
+            if isinstance(v, tuple):
+                return list(v)
+            return v
+
+        return {
+            k: ({f: plain(x) for f, x in v.items()} if isinstance(v, dict) else v)
+            for k, v in dataclasses.asdict(self).items()
+        }
+
+
+DATASETS = ("cifar10", "imagenet32", "imagenet64", "folder", "digits", "toy2d", "latents")
+MODELS = ("unet", "mlp")
+TOYS = ("moons", "8gaussians")
+
+
+def preset_names() -> list[str]:
+    return sorted(
+        p.name.removesuffix(".yaml")
+        for p in resources.files("loomray.presets").iterdir()
+        if p.name.endswith(".yaml")
+    )
+
+
+def _read_yaml(source: str) -> tuple[dict[str, Any], str]:
+    path = Path(source)
+    if source in preset_names():
+        text = resources.files("loomray.presets").joinpath(f"{source}.yaml").read_text()
+        origin = f"preset {source}"
+    elif path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        text, origin = path.read_text(), str(path)
+    else:
+        raise ConfigError(
+            f"unknown preset {source!r}; presets are {', '.join(preset_names())}, "
+            "or pass a path to a YAML file"
+        )
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{origin} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin} must be a mapping of sections, not {type(raw).__name__}")
+    raw.setdefault("name", source if source in preset_names() else path.stem)
+    base = raw.pop("base", None)
+    if base is not None:
+        parent, _ = _read_yaml(str(base))
+        raw = _merge(parent, raw)
+    return raw, origin
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-4", "model.channel_mult=1,2"]`` -> nested dict of raw values."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        try:
+            node[leaf] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            node[leaf] = value
+    return out
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-4" as a string
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            items = [value]
+        if isinstance(items, (list, tuple)):
+            item_hint = args[0]
+            return tuple(
+                _coerce(
+                    yaml.safe_load(i) if isinstance(i, str) and item_hint is not str else i,
+                    item_hint,
+                    key,
+                )
+                for i in items
+            )
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{key} must be {name}, got {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]}; {prefix or 'config'} has "
+            f"{', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key)
+        else:
+            kwargs[name] = _coerce(value, hint, key)
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> Config:
+    """Check values that are well-typed but impossible; returns cfg."""
+    from loomray.coupling import KINDS
+    from loomray.coupling.ot import COSTS
+    from loomray.sampling import parse_method
+
+    d, m, c, t, e = cfg.data, cfg.model, cfg.coupling, cfg.train, cfg.eval
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(d.name in DATASETS, f"data.name must be one of {', '.join(DATASETS)}, got {d.name!r}")
+    need(d.toy in TOYS, f"data.toy must be one of {', '.join(TOYS)}, got {d.toy!r}")
+    need(d.resolution >= 1, f"data.resolution must be positive, got {d.resolution}")
+    need(d.channels >= 1, f"data.channels must be positive, got {d.channels}")
+    need(d.limit is None or d.limit >= 1, f"data.limit must be positive, got {d.limit}")
+    need(d.toy_points >= 2, f"data.toy_points must be at least 2, got {d.toy_points}")
+    need(m.kind in MODELS, f"model.kind must be one of {', '.join(MODELS)}, got {m.kind!r}")
+    need(
+        not (d.name == "toy2d" and m.kind != "mlp"),
+        "toy2d data is 2-D points and needs model.kind=mlp",
+    )
+    need(
+        not (d.name != "toy2d" and m.kind == "mlp" and d.resolution * d.resolution > 4096),
+        "model.kind=mlp is for toy2d and tiny images; use unet above 64x64",
+    )
+    if m.kind == "unet":
+        levels = len(m.channel_mult)
+        need(levels >= 1, "model.channel_mult needs at least one level")
+        need(
+            d.resolution % (2 ** (levels - 1)) == 0,
+            f"data.resolution {d.resolution} cannot be halved {levels - 1} times "
+            f"(model.channel_mult has {levels} levels)",
+        )
+        need(m.channels >= 1 and m.res_blocks >= 1, "model.channels and model.res_blocks >= 1")
+        need(all(x >= 1 for x in m.channel_mult), "model.channel_mult entries must be >= 1")
+        need(m.head_channels >= 1, f"model.head_channels must be positive, got {m.head_channels}")
+    need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+    need(c.kind in KINDS, f"coupling.kind must be one of {', '.join(KINDS)}, got {c.kind!r}")
+    need(c.caches >= 1, f"coupling.caches must be at least 1, got {c.caches}")
+    need(c.cost in COSTS, f"coupling.cost must be one of {', '.join(COSTS)}, got {c.cost!r}")
+    need(c.snapshot_every >= 1, "coupling.snapshot_every must be at least 1")
+    need(t.workers >= 1, f"train.workers must be at least 1, got {t.workers}")
+    need(t.batch >= 1, f"train.batch must be at least 1, got {t.batch}")
+    need(
+        t.batch % t.workers == 0,
+        f"train.batch {t.batch} is not divisible by train.workers {t.workers}",
+    )
+    need(t.steps >= 1, f"train.steps must be at least 1, got {t.steps}")
+    need(t.lr > 0, f"train.lr must be positive, got {t.lr}")
+    need(t.warmup >= 0, f"train.warmup must be >= 0, got {t.warmup}")
+    need(0.0 <= t.ema < 1.0, f"train.ema must be in [0, 1), got {t.ema}")
+    need(t.sigma >= 0, f"train.sigma must be >= 0, got {t.sigma}")
+    need(t.grad_clip > 0, f"train.grad_clip must be positive, got {t.grad_clip}")
+    need(t.gpus_per_worker >= 0 and t.cpus_per_worker >= 0, "train resources must be >= 0")
+    for k in ("log_every", "ckpt_every"):
+        need(getattr(t, k) >= 1, f"train.{k} must be at least 1, got {getattr(t, k)}")
+    need(t.sample_every >= 0, "train.sample_every must be >= 0")
+    need(len(e.methods) >= 1, "eval.methods needs at least one sampler")
+    for method in e.methods:
+        try:
+            parse_method(method)
+        except ValueError as err:
+            raise ConfigError(f"eval.methods: {err}") from err
+    need(e.n >= 2, f"eval.n must be at least 2, got {e.n}")
+    need(e.every >= 0, "eval.every must be >= 0")
+    need(e.rtol > 0 and e.atol > 0, "eval.rtol and eval.atol must be positive")
+    if d.limit is not None and d.name != "toy2d":
+        rows = d.limit * (2 if d.flip else 1)
+        need(rows >= t.batch, f"train.batch {t.batch} exceeds the {rows} rows of data.limit")
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build and validate a Config from a nested dict (missing keys take defaults)."""
+    return validate(_build(Config, raw, ""))
+
+
+def load_config(source: str, overrides: list[str] | None = None) -> Config:
+    """A preset name or YAML path, with ``section.key=value`` overrides applied."""
+    raw, _ = _read_yaml(source)
+    raw = _merge(raw, parse_overrides(overrides or []))
+    return config_from_dict(raw)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Training: the per-worker loop (``loop``) and, later, the Ray launch."""

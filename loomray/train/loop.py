@@ -1,0 +1,214 @@
+"""The per-worker training loop, shared by `loomray train` (Ray) and local runs.
+
+The loop never computes couplings itself: it asks a ``NoiseSource`` for the
+noise of each step. Locally that is a coupling in the same process; under Ray
+it is the coupling service actor. Each step it submits the *next* batch before
+training on the current one, so the service's solve overlaps the step.
+
+Determinism: batch rows come from ``BatchPlan`` (a function of seed and step),
+the coupling's cache draw from ``step_rng(seed, step)``, and the torch RNG (t,
+sigma noise, dropout) is reseeded from (seed, step, rank) every step. A run
+resumed at step k therefore continues exactly as if never stopped, with no RNG
+state to carry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from loomray.config import Config
+from loomray.coupling import AssignmentTable, Coupling, CouplingStats, make_coupling
+from loomray.data import BatchPlan, RowDataset, build_dataset, iterate_batches
+from loomray.flow import EMA, cfm_loss, warmup_constant
+from loomray.models import build_model
+
+
+def step_rng(seed: int, step: int) -> np.random.Generator:
+    """The coupling's randomness for one global step (same on service and replay)."""
+    return np.random.default_rng([seed, step])
+
+
+def torch_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of the torch RNG (t, sigma noise, dropout) for one rank's step."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class NoiseSource(Protocol):
+    def submit(self, step: int, rows: np.ndarray, x: np.ndarray) -> None:
+        """Hand over this rank's batch of ``step``; may return before the solve."""
+
+    def receive(self, step: int) -> np.ndarray:
+        """The noise paired with this rank's batch of ``step``."""
+
+
+class LocalNoise:
+    """A coupling run in this process: one worker, tests and benchmarks."""
+
+    def __init__(self, coupling: Coupling, seed: int) -> None:
+        self.coupling = coupling
+        self.seed = seed
+        self.pending: dict[int, np.ndarray] = {}
+        self.stats: list[CouplingStats] = []
+
+    def submit(self, step: int, rows: np.ndarray, x: np.ndarray) -> None:
+        z, stats = self.coupling.step(rows, x, step_rng(self.seed, step))
+        self.pending[step] = z
+        self.stats.append(stats)
+
+    def receive(self, step: int) -> np.ndarray:
+        return self.pending.pop(step)
+
+
+def make_table(cfg: Config, rows: int) -> AssignmentTable | None:
+    if cfg.coupling.kind != "loom":
+        return None
+    return AssignmentTable.create(rows, cfg.coupling.caches, seed=cfg.coupling.seed)
+
+
+@dataclass
+class TrainState:
+    model: nn.Module
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    step: int = 0
+
+    def payload(self, cfg: Config) -> dict[str, Any]:
+        """Checkpoint contents (tensors and plain values only)."""
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        return {
+            "config": cfg.to_dict(),
+            "step": self.step,
+            "model": model.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            # The RNG is reseeded from (seed, step, rank) every step: this is all of it.
+            "rng": {"scheme": "per-step", "seed": cfg.train.seed},
+        }
+
+    def load(self, payload: dict[str, Any]) -> None:
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        model.load_state_dict(payload["model"])
+        self.ema.model.load_state_dict(payload["ema"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.step = int(payload["step"])
+
+
+def build_state(cfg: Config, device: torch.device) -> TrainState:
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = build_model(cfg).to(device)
+    if device.type == "cuda" and cfg.model.kind == "unet":
+        model = model.to(memory_format=torch.channels_last)
+    ema = EMA(model, cfg.train.ema)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(cfg.train.warmup))
+    return TrainState(model, ema, optimizer, scheduler)
+
+
+@dataclass
+class StepLog:
+    step: int
+    loss: float
+    lr: float
+    seconds: float
+    wait: float
+    """Seconds spent blocked on the noise source in this step."""
+
+
+@dataclass
+class History:
+    logs: list[StepLog] = field(default_factory=list)
+
+    @property
+    def losses(self) -> list[float]:
+        return [log.loss for log in self.logs]
+
+
+def train_steps(
+    cfg: Config,
+    state: TrainState,
+    dataset: RowDataset,
+    plan: BatchPlan,
+    noise: NoiseSource,
+    stop: int,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    on_step: Callable[[StepLog], None] | None = None,
+) -> History:
+    """Train from ``state.step`` to ``stop``; ``on_step`` sees every step's log."""
+    history = History()
+    if state.step >= stop:
+        return history
+    use_bf16 = device.type == "cuda" and cfg.train.bf16
+    channels_last = device.type == "cuda" and cfg.model.kind == "unet"
+    batches = iterate_batches(dataset, plan, state.step, stop, rank, world, cfg.data.loader_workers)
+    current = next(batches)
+    noise.submit(current[0], current[1], current[2].numpy())
+    state.model.train()
+    while current is not None:
+        step, _, x_cpu = current
+        t0 = time.perf_counter()
+        upcoming = next(batches, None)
+        if upcoming is not None:
+            noise.submit(upcoming[0], upcoming[1], upcoming[2].numpy())  # overlaps this step
+        w0 = time.perf_counter()
+        z_np = noise.receive(step)
+        wait = time.perf_counter() - w0
+        torch.manual_seed(torch_seed(cfg.train.seed, step, rank))
+        x = x_cpu.to(device, non_blocking=True)
+        z = torch.from_numpy(z_np).to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            z = z.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = cfm_loss(state.model, x, z, cfg.train.sigma)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(state.model.parameters(), cfg.train.grad_clip)
+        state.optimizer.step()
+        state.scheduler.step()
+        state.ema.update(state.model.module if hasattr(state.model, "module") else state.model)
+        state.step = step + 1
+        log = StepLog(
+            step=state.step,
+            loss=float(loss.detach()),
+            lr=state.scheduler.get_last_lr()[0],
+            seconds=time.perf_counter() - t0,
+            wait=wait,
+        )
+        history.logs.append(log)
+        if on_step is not None:
+            on_step(log)
+        current = upcoming
+    return history
+
+
+@dataclass
+class LocalRun:
+    cfg: Config
+    state: TrainState
+    dataset: RowDataset
+    noise: LocalNoise
+    history: History
+
+
+def train_local(cfg: Config, device: str = "cpu", steps: int | None = None) -> LocalRun:
+    """Single-process training with the configured coupling (no Ray)."""
+    dev = torch.device(device)
+    dataset = build_dataset(cfg)
+    plan = BatchPlan(len(dataset), cfg.train.batch, cfg.train.seed)
+    coupling = make_coupling(cfg.coupling.kind, make_table(cfg, len(dataset)), cfg.coupling.cost)
+    noise = LocalNoise(coupling, cfg.coupling.seed)
+    state = build_state(cfg, dev)
+    history = train_steps(cfg, state, dataset, plan, noise, steps or cfg.train.steps, dev)
+    return LocalRun(cfg, state, dataset, noise, history)

@@ -1,0 +1,121 @@
+import pytest
+
+from loomray.config import ConfigError, dump_config, load_config, parse_overrides, preset_names
+
+PAPER = {  # DESIGN.md's table of the paper's hyper-parameters
+    "cifar10": (128, 2, (1, 2, 2, 2), (16,), 128, 391_000, 2e-4, 5_000, 4),
+    "imagenet32": (128, 3, (1, 2, 2, 2), (16, 8), 512, 500_000, 1e-4, 20_000, 1),
+    "imagenet64": (192, 2, (1, 2, 3, 4), (16,), 96, 1_334_000, 1e-4, 20_000, 1),
+    "ffhq256": (256, 2, (1, 2, 3, 4), (16, 8, 4), 128, 273_000, 2e-5, 3_500, 4),
+}
+
+
+def test_presets_ship_and_load():
+    assert set(preset_names()) >= {
+        "cifar10",
+        "imagenet32",
+        "imagenet64",
+        "ffhq256",
+        "digits",
+        "toy2d",
+    }
+    for name in preset_names():
+        assert load_config(name).name == name
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_hyper_parameters(name):
+    c = load_config(name)
+    got = (
+        c.model.channels,
+        c.model.res_blocks,
+        c.model.channel_mult,
+        c.model.attn_resolutions,
+        c.train.batch,
+        c.train.steps,
+        c.train.lr,
+        c.train.warmup,
+        c.coupling.caches,
+    )
+    assert got == PAPER[name]
+    assert (c.train.ema, c.train.sigma, c.model.dropout, c.model.head_channels) == (
+        0.9999,
+        1e-7,
+        0.1,
+        64,
+    )
+    assert c.train.workers == 4 and c.train.gpus_per_worker == 1
+
+
+def test_offline_presets_default_to_enough_caches():
+    assert load_config("digits").coupling.caches >= 4
+    assert load_config("digits").coupling.kind == "loom"
+
+
+def test_overrides_are_typed():
+    c = load_config(
+        "digits",
+        [
+            "train.lr=1e-4",
+            "coupling.caches=8",
+            "model.channel_mult=1,2",
+            "data.flip=true",
+            "eval.methods=[euler-1,dopri5]",
+        ],
+    )
+    assert c.train.lr == 1e-4 and isinstance(c.train.lr, float)
+    assert c.coupling.caches == 8
+    assert c.model.channel_mult == (1, 2)
+    assert c.data.flip is True
+    assert c.eval.methods == ("euler-1", "dopri5")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.nope=1"], "unknown config key train.nope"),
+        (["nope.x=1"], "unknown config key nope"),
+        (["train.lr=abc"], "train.lr must be float"),
+        (["coupling.caches=two"], "coupling.caches must be int"),
+        (["coupling.caches=0"], "coupling.caches must be at least 1"),
+        (["train.batch=100", "train.workers=3"], "not divisible by train.workers"),
+        (["eval.methods=[midpoint-0]"], "unknown sampler"),
+        (["eval.methods=[leapfrog-2]"], "unknown sampler"),
+        (["coupling.kind=sinkhorn"], "coupling.kind must be one of"),
+        (["train.ema=1.5"], "train.ema must be in"),
+        (["data.flip=maybe"], "data.flip must be bool"),
+        (["model.kind=unet", "model.channel_mult=1,2,2,2,2"], "cannot be halved"),
+        (["train"], "not of the form"),
+        (["data.limit=10"], "exceeds the 10 rows"),
+    ],
+)
+def test_bad_values_are_one_sentence(overrides, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config("digits", overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_file_with_base_and_errors(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: toy2d\ntrain:\n  steps: 17\n")
+    c = load_config(str(path))
+    assert c.train.steps == 17 and c.data.name == "toy2d" and c.name == "mine"
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("cifar11")
+
+
+def test_dump_round_trips(tmp_path):
+    c = load_config("cifar10", ["coupling.caches=8"])
+    path = tmp_path / "dump.yaml"
+    path.write_text(dump_config(c))
+    assert load_config(str(path)) == c
+
+
+def test_parse_overrides_nests():
+    assert parse_overrides(["a.b=1", "a.c=x"]) == {"a": {"b": 1, "c": "x"}}
