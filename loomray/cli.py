@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -107,6 +109,126 @@ def sample_cmd(
     console.print(f"wrote {n} samples ({result.method}, {result.nfe} NFE) to {path}")
 
 
+def _resolve_train_config(config, overrides, workers, gpus):
+    extra = list(overrides or [])
+    if workers is not None:
+        extra.append(f"train.workers={workers}")
+    if gpus is False:
+        extra.append("train.gpus_per_worker=0")
+    cfg = _config_or_fail(config, extra)
+    if gpus and cfg.train.gpus_per_worker == 0:
+        cfg = _config_or_fail(config, [*extra, "train.gpus_per_worker=1"])
+    return cfg
+
+
+@app.command("train")
+def train_cmd(
+    config: str = typer.Option(..., "--config", "-c", help="Preset name or YAML path."),
+    overrides: list[str] = typer.Argument(None, help="section.key=value overrides."),
+    workers: int = typer.Option(None, help="Training workers (overrides train.workers)."),
+    gpus: bool = typer.Option(None, "--gpus/--cpu", help="One GPU per worker, or CPU only."),
+    address: str = typer.Option(
+        None,
+        help="Ray cluster to join: auto, ray://host:10001, host:6379. Default: start a local Ray.",
+    ),
+    run_dir: str = typer.Option(None, help="Run directory (default runs/<config name>)."),
+    resume: bool = typer.Option(
+        False,
+        help="Continue the run in --run-dir (rerunning into "
+        "an existing run dir of the same config does too).",
+    ),
+    verbose: bool = typer.Option(False, help="Stream the workers' logs to this terminal."),
+) -> None:
+    """Train with LOOM-CFM (or a baseline) on Ray: DDP workers + the coupling service."""
+    from loomray.data import DatasetError
+    from loomray.train.launch import LaunchError, launch
+
+    cfg = _resolve_train_config(config, overrides, workers, gpus)
+    run = Path(run_dir) if run_dir else Path("runs") / cfg.name
+
+    def show_dashboard(url: str) -> None:
+        console.print(f"Ray dashboard: {url}  (token: `ray get-auth-token`)")
+
+    try:
+        result = launch(
+            cfg, run, address=address, resume=resume, quiet=not verbose, on_dashboard=show_dashboard
+        )
+    except (LaunchError, DatasetError) as err:
+        fail(str(err))
+    except ConnectionError as err:
+        fail(f"cannot reach the Ray cluster at {address}: {err}")
+    s = result.service
+    loss = result.metrics.get("loss", float("nan"))
+    console.print(
+        f"[bold]{'resumed and ' if result.resumed else ''}trained {cfg.name}[/] to step "
+        f"{result.step} in {result.seconds:.0f} s; loss {loss:.4f}"
+    )
+    if s.get("cost_post") is not None:
+        console.print(
+            f"coupling {s['kind']}: mean pair cost {s['cost_pre']:.3f} -> {s['cost_post']:.3f} "
+            f"per solve, solve {s['solve_ms']:.1f} ms, worker wait {s.get('wait_ms', 0):.1f} ms"
+        )
+    console.print(f"checkpoint: {result.checkpoint}\nsamples:    {result.run_dir / 'samples'}")
+
+
+@app.command("status")
+def status_cmd(
+    address: str = typer.Option("auto", help="Ray cluster to look at."),
+) -> None:
+    """Live numbers of the loomray runs on a Ray cluster (from their coupling services)."""
+    import ray
+
+    from loomray.train.launch import NAMESPACE, SERVICE_PREFIX
+
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+        except ConnectionError as err:
+            fail(f"no Ray cluster at {address}: {err}")
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == NAMESPACE and a["name"].startswith(SERVICE_PREFIX)
+    ]
+    if not names:
+        console.print("no loomray run is active on this cluster")
+        raise typer.Exit(code=1)
+    for name in sorted(names):
+        try:
+            s = ray.get(ray.get_actor(name, namespace=NAMESPACE).stats.remote(), timeout=10)
+        except Exception as err:  # the run may have ended between listing and asking
+            console.print(f"{name}: no answer ({err})")
+            continue
+
+        def num(key, fmt="{:.2f}", s=s):
+            return fmt.format(s[key]) if s.get(key) is not None else "-"
+
+        table = Table(title=f"run {s['run']}", show_header=False, title_justify="left")
+        table.add_column("what")
+        table.add_column("value", justify="right")
+        rows = [
+            ("coupling", f"{s['kind']}, {s['world']} workers"),
+            ("step", str(s["step"])),
+            ("steps/s", num("steps_per_s")),
+            ("loss", num("loss", "{:.4f}")),
+            (
+                "pair cost before -> after solve",
+                f"{num('cost_pre', '{:.4f}')} -> {num('cost_post', '{:.4f}')}",
+            ),
+            (
+                "cost trend (per 50 solves)",
+                " ".join(f"{c:.3f}" for c in (s.get("cost_trend") or [])[-5:]) or "-",
+            ),
+            ("solve latency", f"{num('solve_ms', '{:.2f}')} ms"),
+            ("worker wait", f"{num('wait_ms', '{:.2f}')} ms"),
+            ("queue depth", str(s["queue_depth"])),
+            ("service restarts", str(s["restarts"])),
+        ]
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+
 @bench_app.command("coupling")
 def bench_coupling_cmd(
     rows: int = typer.Option(100_000, help="Table rows (images, plus flips)."),
@@ -145,6 +267,51 @@ def bench_coupling_cmd(
     console.print(table)
     console.print(
         f"[bold]{r.solves_per_s:.1f} solves/s[/] on {r.threads} thread(s), {r.steps} steps"
+    )
+
+
+@bench_app.command("train")
+def bench_train_cmd(
+    config: str = typer.Option("digits", "--config", "-c", help="Preset name or YAML path."),
+    overrides: list[str] = typer.Argument(None, help="section.key=value overrides."),
+    workers: int = typer.Option(None, help="Training workers."),
+    steps: int = typer.Option(1000, help="Steps of each run."),
+    address: str = typer.Option(None, help="Ray cluster to join (default: a local Ray)."),
+) -> None:
+    """Steps/s with the LOOM service vs independent coupling, and the workers' wait."""
+    from loomray.bench.train import bench_train
+    from loomray.data import DatasetError
+    from loomray.train.launch import LaunchError, connect
+
+    extra = [*(overrides or []), f"train.steps={steps}", f"train.ckpt_every={steps}"]
+    cfg = _resolve_train_config(config, extra, workers, None)
+    log_every = max(1, steps // 10)
+    cfg.train.log_every = log_every
+    try:
+        connect(address, quiet=True)
+        with console.status(f"training {cfg.name} twice for {steps} steps..."):
+            loom, independent = bench_train(cfg)
+    except (LaunchError, DatasetError) as err:
+        fail(str(err))
+    table = Table()
+    for col in ("coupling", "steps/s", "wait / step", "wait share", "solve ms"):
+        table.add_column(col, justify="right")
+    for r in (loom, independent):
+        table.add_row(
+            r.kind,
+            f"{r.steps_per_s:.2f}",
+            f"{r.wait_ms:.2f} ms",
+            f"{100 * r.wait_fraction:.2f}%",
+            f"{r.solve_ms:.2f}",
+        )
+    console.print(
+        f"{cfg.name}: {cfg.train.workers} workers, batch {cfg.train.batch}, "
+        f"{steps} steps each (first of 10 windows left out)"
+    )
+    console.print(table)
+    console.print(
+        f"[bold]ratio loom / independent: {loom.steps_per_s / independent.steps_per_s:.3f}"
+        f"[/]; LOOM wait {100 * loom.wait_fraction:.2f}% of step time"
     )
 
 

@@ -71,6 +71,12 @@ class CouplingConfig:
     seed: int = 0
     snapshot_every: int = 500
     """Steps between table snapshots of the coupling service."""
+    timeout_s: float = 300.0
+    """How long the service waits for the slowest rank of a step before failing it."""
+    service_cpus: float = 0.0
+    """CPUs reserved for the service actor (0: it shares the node's CPUs)."""
+    prefetch: int = 2
+    """Steps each worker submits ahead of the one it trains (overlap, not semantics)."""
 
 
 @dataclass
@@ -89,6 +95,8 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     bf16: bool = True
     """bf16 autocast on GPUs (ignored on CPU)."""
+    max_failures: int = 3
+    """Worker-group restarts (from the latest checkpoint) before the run fails."""
     log_every: int = 50
     ckpt_every: int = 1000
     sample_every: int = 0
@@ -313,6 +321,10 @@ def validate(cfg: Config) -> Config:
     need(c.caches >= 1, f"coupling.caches must be at least 1, got {c.caches}")
     need(c.cost in COSTS, f"coupling.cost must be one of {', '.join(COSTS)}, got {c.cost!r}")
     need(c.snapshot_every >= 1, "coupling.snapshot_every must be at least 1")
+    need(1 <= c.prefetch <= 8, f"coupling.prefetch must be in 1..8, got {c.prefetch}")
+    need(c.timeout_s > 0, f"coupling.timeout_s must be positive, got {c.timeout_s}")
+    need(c.service_cpus >= 0, f"coupling.service_cpus must be >= 0, got {c.service_cpus}")
+    need(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
     need(t.workers >= 1, f"train.workers must be at least 1, got {t.workers}")
     need(t.batch >= 1, f"train.batch must be at least 1, got {t.batch}")
     need(

@@ -11,6 +11,7 @@ from loomray.coupling.couplings import (
     global_ot_cost,
     make_coupling,
     split_rows,
+    step_rng,
     table_cost,
 )
 from loomray.coupling.noise import noise_from_seeds
@@ -35,5 +36,6 @@ __all__ = [
     "pair_costs",
     "solve_assignment",
     "split_rows",
+    "step_rng",
     "table_cost",
 ]

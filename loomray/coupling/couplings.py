@@ -44,6 +44,12 @@ def split_rows(rows: np.ndarray, n_images: int) -> tuple[np.ndarray, np.ndarray]
     return rows % n_images, rows >= n_images
 
 
+def step_rng(seed: int, step: int) -> np.random.Generator:
+    """The coupling's randomness for one global step: the same wherever it is solved
+    (the service, a single process, a replay), so results do not depend on where."""
+    return np.random.default_rng([seed, step])
+
+
 @dataclass
 class CouplingStats:
     """What one coupling step did; costs are sums over the batch."""

@@ -14,6 +14,7 @@ state to carry.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,15 +25,10 @@ import torch
 from torch import nn
 
 from loomray.config import Config
-from loomray.coupling import AssignmentTable, Coupling, CouplingStats, make_coupling
+from loomray.coupling import AssignmentTable, Coupling, CouplingStats, make_coupling, step_rng
 from loomray.data import BatchPlan, RowDataset, build_dataset, iterate_batches
 from loomray.flow import EMA, cfm_loss, warmup_constant
 from loomray.models import build_model
-
-
-def step_rng(seed: int, step: int) -> np.random.Generator:
-    """The coupling's randomness for one global step (same on service and replay)."""
-    return np.random.default_rng([seed, step])
 
 
 def torch_seed(seed: int, step: int, rank: int) -> int:
@@ -152,21 +148,30 @@ def train_steps(
     use_bf16 = device.type == "cuda" and cfg.train.bf16
     channels_last = device.type == "cuda" and cfg.model.kind == "unet"
     batches = iterate_batches(dataset, plan, state.step, stop, rank, world, cfg.data.loader_workers)
-    current = next(batches)
-    noise.submit(current[0], current[1], current[2].numpy())
+    # Up to ``prefetch`` steps are handed to the noise source ahead of the one
+    # being trained, so the solves run while this rank computes.
+    ahead: collections.deque = collections.deque()
+
+    def top_up(size: int) -> None:
+        while len(ahead) < size:
+            item = next(batches, None)
+            if item is None:
+                return
+            noise.submit(item[0], item[1], item[2].numpy())
+            ahead.append(item)
+
     state.model.train()
-    while current is not None:
-        step, _, x_cpu = current
+    top_up(1 + cfg.coupling.prefetch)
+    while ahead:
+        step, _, x_cpu = ahead.popleft()
         t0 = time.perf_counter()
-        upcoming = next(batches, None)
-        if upcoming is not None:
-            noise.submit(upcoming[0], upcoming[1], upcoming[2].numpy())  # overlaps this step
+        top_up(cfg.coupling.prefetch)
         w0 = time.perf_counter()
         z_np = noise.receive(step)
         wait = time.perf_counter() - w0
         torch.manual_seed(torch_seed(cfg.train.seed, step, rank))
         x = x_cpu.to(device, non_blocking=True)
-        z = torch.from_numpy(z_np).to(device, non_blocking=True)
+        z = torch.from_numpy(np.array(z_np)).to(device, non_blocking=True)  # replies are read-only
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
             z = z.contiguous(memory_format=torch.channels_last)
@@ -189,7 +194,6 @@ def train_steps(
         history.logs.append(log)
         if on_step is not None:
             on_step(log)
-        current = upcoming
     return history
 
 

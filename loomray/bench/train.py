@@ -1,0 +1,52 @@
+"""`loomray bench train`: what the coupling service costs the training loop.
+
+Runs the same config for the same number of steps with coupling ``loom`` and
+with ``independent`` (which still goes through the service, so the comparison
+isolates the solve, not the plumbing), in one invocation, and reads the
+throughput and the workers' wait on the service from each run's own per-window
+metrics (the first window, with start-up, is left out).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from loomray.config import Config
+from loomray.train.launch import launch
+
+
+@dataclass
+class TrainBenchRun:
+    kind: str
+    steps_per_s: float
+    wait_fraction: float
+    wait_ms: float
+    solve_ms: float
+
+
+def _measure(cfg: Config, kind: str, root: Path) -> TrainBenchRun:
+    run_cfg = replace(cfg, coupling=replace(cfg.coupling, kind=kind))
+    result = launch(run_cfg, root / kind, progress=False)
+    lines = [json.loads(x) for x in (root / kind / "metrics.jsonl").read_text().splitlines()]
+    steady = lines[1:] or lines
+    steps_per_s = float(np.mean([x["images_per_s"] for x in steady])) / cfg.train.batch
+    wait = float(np.mean([x["wait_fraction"] for x in steady]))
+    return TrainBenchRun(
+        kind,
+        steps_per_s,
+        wait,
+        1e3 * wait / steps_per_s,
+        result.service.get("solve_ms", float("nan")),
+    )
+
+
+def bench_train(cfg: Config, root: Path | None = None) -> list[TrainBenchRun]:
+    """[loom, independent] measured on the same config, steps and workers."""
+    with tempfile.TemporaryDirectory(prefix="loomray-bench-") as tmp:
+        base = Path(root) if root is not None else Path(tmp)
+        return [_measure(cfg, kind, base) for kind in ("loom", "independent")]

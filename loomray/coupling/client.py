@@ -1,0 +1,61 @@
+"""The workers' side of the coupling service: a ``NoiseSource`` over an actor handle.
+
+``submit`` sends the batch and returns at once (the reply is an ObjectRef);
+``receive`` waits for it. If the service actor dies and Ray restarts it, every
+request still in flight is sent again, oldest first, and training carries on.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+RETRIES = 20
+
+
+class ServiceNoise:
+    """NoiseSource backed by the CouplingService actor."""
+
+    def __init__(self, service, rank: int, timeout_s: float = 300.0) -> None:
+        self.service = service
+        self.rank = rank
+        self.timeout_s = timeout_s
+        self.inflight: dict[int, tuple[object, np.ndarray, np.ndarray]] = {}
+        self.info: dict[str, float] = {}
+        self.resubmits = 0
+
+    def submit(self, step: int, rows: np.ndarray, x: np.ndarray) -> None:
+        ref = self.service.submit.remote(step, self.rank, rows, x, self.info or None)
+        self.info = {}
+        self.inflight[step] = (ref, rows, x)
+
+    def note(self, **info: float) -> None:
+        """Numbers to piggyback on the next submission (wait time, loss)."""
+        self.info.update(info)
+
+    def receive(self, step: int) -> np.ndarray:
+        import ray
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        for attempt in range(RETRIES):
+            ref = self.inflight[step][0]
+            try:
+                # The service raises its own TimeoutError first; this bound is a backstop.
+                z = ray.get(ref, timeout=self.timeout_s + 60)
+            except (RayActorError, ActorUnavailableError):
+                if attempt == RETRIES - 1:
+                    raise
+                time.sleep(min(5.0, 0.2 * 2**attempt))
+                self._resubmit()
+                continue
+            del self.inflight[step]
+            return z
+        raise AssertionError("unreachable")
+
+    def _resubmit(self) -> None:
+        """The actor restarted: send every unanswered request again, in step order."""
+        self.resubmits += 1
+        for step in sorted(self.inflight):
+            _, rows, x = self.inflight[step]
+            self.inflight[step] = (self.service.submit.remote(step, self.rank, rows, x), rows, x)

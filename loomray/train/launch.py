@@ -1,0 +1,305 @@
+"""The driver of `loomray train`: check, connect, start the service, run Ray Train.
+
+    result = launch(cfg, run_dir="runs/digits")
+
+A run directory holds ``config.yaml``, the Ray Train storage (``train/``, one
+folder per checkpoint with ``checkpoint.pt`` and ``table.parquet``), the coupling
+service's snapshots (``coupling/``), ``metrics.jsonl`` and ``samples/``.
+Launching into a directory that holds the same run resumes it from its latest
+checkpoint (Ray Train V2 restores a run of the same storage path and name); a
+directory holding another run, or anything else, is refused untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loomray.config import Config, ConfigError, config_from_dict, dump_config
+from loomray.coupling.service import CouplingService, ServiceSpec
+from loomray.data import build_dataset
+
+NAMESPACE = "loomray"
+SERVICE_PREFIX = "coupling:"
+RAY_ENV = {
+    # A report blocks until the Train controller's next poll (default 2 s).
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+}
+
+
+class LaunchError(ValueError):
+    """The run cannot start as asked; the message says why and what to do."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    seconds: float
+    metrics: dict[str, Any]
+    service: dict[str, Any]
+    resumed: bool
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
+    """Create the run dir, or check it holds this run; True when resuming."""
+    config_path = run_dir / "config.yaml"
+    if config_path.is_file():
+        try:
+            old = config_from_dict(yaml.safe_load(config_path.read_text()))
+        except (ConfigError, yaml.YAMLError) as err:
+            raise LaunchError(f"run dir {run_dir} has an unreadable config.yaml: {err}") from err
+        old_d, new_d = old.to_dict(), cfg.to_dict()
+        old_d["train"].pop("steps"), new_d["train"].pop("steps")  # extending a run is fine
+        changes = _diff(old_d, new_d)
+        if changes:
+            raise LaunchError(
+                f"run dir {run_dir} holds a run with another config ({changes[0]}"
+                f"{f' and {len(changes) - 1} more' if len(changes) > 1 else ''}); "
+                "pass another --run-dir"
+            )
+        config_path.write_text(dump_config(cfg))
+        return True
+    if resume:
+        raise LaunchError(f"nothing to resume: {run_dir} holds no loomray run")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise LaunchError(
+            f"run dir {run_dir} is not empty and holds no loomray run; pass another --run-dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(dump_config(cfg))
+    return False
+
+
+def connect(address: str | None, quiet: bool = False) -> str | None:
+    """Join ``address`` (``auto``, ``ray://host:10001``) or start a local Ray.
+
+    Returns the dashboard URL when known. A local Ray binds its dashboard to
+    127.0.0.1 and keeps Ray's token authentication on.
+    """
+    import ray
+
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return _DASHBOARD.get("url")
+    runtime_env = {"env_vars": {k: os.environ[k] for k in RAY_ENV}}
+    if address is None:
+        info = ray.init(
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            runtime_env=runtime_env,
+            log_to_driver=not quiet,
+            namespace=NAMESPACE,
+        )
+    else:
+        info = ray.init(
+            address=address, runtime_env=runtime_env, log_to_driver=not quiet, namespace=NAMESPACE
+        )
+    url = getattr(info, "dashboard_url", None)
+    _DASHBOARD["url"] = f"http://{url}" if url and not url.startswith("http") else url
+    return _DASHBOARD["url"]
+
+
+_DASHBOARD: dict[str, str | None] = {}
+
+
+def check_resources(cfg: Config) -> None:
+    """Refuse in seconds what the cluster can never schedule, instead of waiting."""
+    import ray
+
+    total = ray.cluster_resources()
+    t = cfg.train
+    gpus_needed = t.workers * t.gpus_per_worker
+    cpus_needed = t.workers * t.cpus_per_worker + cfg.coupling.service_cpus
+    have_gpus, have_cpus = total.get("GPU", 0.0), total.get("CPU", 0.0)
+    if gpus_needed > have_gpus:
+        raise LaunchError(
+            f"{cfg.name} asks for {t.workers} workers x {t.gpus_per_worker:g} GPU but the "
+            f"cluster has {have_gpus:g} GPU(s); pass --cpu, fewer --workers, or the --address "
+            "of a cluster with GPUs"
+        )
+    if cpus_needed > have_cpus:
+        raise LaunchError(
+            f"{cfg.name} asks for {cpus_needed:g} CPUs ({t.workers} workers x "
+            f"{t.cpus_per_worker:g} + {cfg.coupling.service_cpus:g} for the coupling service) "
+            f"but the cluster has {have_cpus:g}; lower train.cpus_per_worker or --workers"
+        )
+
+
+def service_name(run_dir: Path) -> str:
+    return f"{SERVICE_PREFIX}{run_dir.resolve().name}"
+
+
+def start_service(cfg: Config, rows: int, run_dir: Path):
+    """The CouplingService actor, created here on the driver and never in a worker."""
+    import ray
+
+    name = service_name(run_dir)
+    try:  # an actor left by a crashed driver of this run dir
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+    except ValueError:
+        pass
+    spec = ServiceSpec(
+        kind=cfg.coupling.kind,
+        rows=rows,
+        caches=cfg.coupling.caches,
+        cost=cfg.coupling.cost,
+        seed=cfg.coupling.seed,
+        world=cfg.train.workers,
+        snapshot_dir=str((run_dir / "coupling").resolve()),
+        snapshot_every=cfg.coupling.snapshot_every,
+        timeout_s=cfg.coupling.timeout_s,
+        run=run_dir.resolve().name,
+    )
+    actor = ray.remote(CouplingService).options(
+        name=name,
+        namespace=NAMESPACE,
+        max_restarts=3,
+        num_cpus=cfg.coupling.service_cpus,
+    )
+    handle = actor.remote(spec)
+    ray.get(handle.ping.remote())
+    return handle
+
+
+class _Progress:
+    """Polls the service and draws a progress bar on the driver."""
+
+    def __init__(self, service, total: int, start: int, enabled: bool) -> None:
+        self.service, self.total, self.start = service, total, start
+        self.enabled = enabled
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        if self.enabled:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.enabled:
+            self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        import ray
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (
+            TextColumn("[bold]train"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
+        with Progress(*columns, refresh_per_second=2) as bar:
+            task = bar.add_task("train", total=self.total, completed=self.start, info="")
+            while not self.stop.wait(1.0):
+                try:
+                    s = ray.get(self.service.stats.remote(), timeout=5)
+                except Exception:  # the service may be restarting; try again
+                    continue
+                parts = []
+                if s.get("steps_per_s"):
+                    parts.append(f"{s['steps_per_s']:.1f} it/s")
+                if s.get("loss") is not None:
+                    parts.append(f"loss {s['loss']:.4f}")
+                if s.get("cost_post") is not None:
+                    parts.append(f"cost {s['cost_post']:.3f}")
+                if s.get("solve_ms") is not None:
+                    parts.append(f"solve {s['solve_ms']:.1f} ms")
+                if s.get("wait_ms") is not None:
+                    parts.append(f"wait {s['wait_ms']:.1f} ms")
+                bar.update(task, completed=min(self.total, s["step"] + 1), info="  ".join(parts))
+
+
+def launch(
+    cfg: Config,
+    run_dir: str | Path,
+    address: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    quiet: bool = True,
+    on_dashboard=None,
+    on_ready=None,
+) -> TrainResult:
+    """Run (or resume) training.
+
+    Checks come first and fail in seconds: the dataset, the cluster's resources,
+    the run dir. ``on_dashboard(url)`` and ``on_ready(service)`` are called as
+    soon as those exist (the CLI prints the URL; tests inject faults)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from loomray.train.worker import train_worker
+
+    run_dir = Path(run_dir).expanduser()
+    rows = len(build_dataset(cfg))  # fail on missing data before starting anything
+    url = connect(address, quiet=quiet)
+    if url and on_dashboard is not None:
+        on_dashboard(url)
+    check_resources(cfg)
+    resumed = prepare_run_dir(cfg, run_dir, resume)
+    service = start_service(cfg, rows, run_dir)
+    if on_ready is not None:
+        on_ready(service)
+    t = cfg.train
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "service": service,
+            "run_dir": str(run_dir.resolve()),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=t.workers,
+            use_gpu=t.gpus_per_worker > 0,
+            resources_per_worker={
+                "CPU": t.cpus_per_worker,
+                **({"GPU": t.gpus_per_worker} if t.gpus_per_worker else {}),
+            },
+        ),
+        run_config=RunConfig(
+            name="train",
+            storage_path=str(run_dir.resolve()),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    started = time.time()
+    try:
+        with _Progress(service, t.steps, 0, progress):
+            result = trainer.fit()
+        stats = ray.get(service.stats.remote())
+    finally:
+        ray.kill(service)
+    ckpt = Path(result.checkpoint.path) if result.checkpoint is not None else None
+    return TrainResult(
+        run_dir=run_dir,
+        step=int(result.metrics.get("step", 0)) if result.metrics else 0,
+        checkpoint=ckpt,
+        seconds=time.time() - started,
+        metrics=dict(result.metrics or {}),
+        service=stats,
+        resumed=resumed,
+    )

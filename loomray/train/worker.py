@@ -1,0 +1,147 @@
+"""What each Ray Train worker runs: restore, train against the service, checkpoint.
+
+Rank 0 owns the side effects: it restores the coupling service to the step of
+the checkpoint it resumes from, writes checkpoints (model, EMA, optimizer,
+scheduler, step, and the table of the same step as Parquet), metrics lines and
+sample grids. Every rank calls ``ray.train.report`` at the same steps (a
+collective in Ray Train V2), and only every ``ckpt_every`` steps: a report
+blocks on the controller's poll, so per-step numbers go to ray.util.metrics
+and the service instead.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from loomray.checkpoint import save_checkpoint
+from loomray.config import Config, config_from_dict
+from loomray.coupling import AssignmentTable, noise_from_seeds
+from loomray.coupling.client import ServiceNoise
+from loomray.data import BatchPlan, build_dataset
+from loomray.images import save_samples
+from loomray.sampling import sample
+from loomray.train.loop import StepLog, TrainState, build_state, train_steps
+
+CHECKPOINT_FILE = "checkpoint.pt"
+TABLE_FILE = "table.parquet"
+SAMPLE_SEED_OFFSET = 10**12  # sampling noise never collides with training seeds
+
+
+def _restore(state: TrainState, checkpoint) -> AssignmentTable | None:
+    with checkpoint.as_directory() as folder:
+        folder = Path(folder)
+        payload = torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        state.load(payload)
+        table_path = folder / TABLE_FILE
+        return AssignmentTable.load(table_path) if table_path.is_file() else None
+
+
+def write_samples(cfg: Config, model: torch.nn.Module, device, folder: Path, step: int) -> list:
+    """One image (grid, or scatter for 2-D data) per configured sampler."""
+    n = 1000 if len(cfg.sample_shape) == 1 else 64
+    z = torch.from_numpy(noise_from_seeds(np.arange(n) + SAMPLE_SEED_OFFSET, cfg.sample_shape))
+    paths = []
+    model.eval()
+    for method in cfg.eval.methods:
+        result = sample(model, z.to(device), method, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
+        paths.append(
+            save_samples(
+                result.x,
+                folder / f"step{step:07d}-{method}.png",
+                title=f"{cfg.name} step {step}: {method} ({result.nfe} NFE)",
+            )
+        )
+    return paths
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    cfg = config_from_dict(config["config"])
+    service = config["service"]
+    run_dir = Path(config["run_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+
+    dataset = build_dataset(cfg)
+    plan = BatchPlan(len(dataset), cfg.train.batch, cfg.train.seed)
+    state = build_state(cfg, device)
+    checkpoint = ray.train.get_checkpoint()
+    table = _restore(state, checkpoint) if checkpoint is not None else None
+    if rank == 0:
+        ray.get(
+            service.restore.remote(
+                state.step,
+                table.seeds if table is not None else None,
+                table.fingerprint if table is not None else "",
+            )
+        )
+    if world > 1:
+        dist.barrier()  # nobody submits before the service is at our step
+        state.model = torch.nn.parallel.DistributedDataParallel(
+            state.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    noise = ServiceNoise(service, rank, cfg.coupling.timeout_s)
+    metrics_path = run_dir / "metrics.jsonl"
+    window: list[StepLog] = []
+    last_report = {"step": state.step}
+
+    def report(step: int) -> None:
+        metrics = {
+            "step": step,
+            "loss": float(np.mean([w.loss for w in window])) if window else float("nan"),
+        }
+        last_report["step"] = step  # every rank reports the same steps: it is a collective
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        got = ray.get(service.table_at.remote(step))
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(Path(tmp) / CHECKPOINT_FILE, state.payload(cfg))
+            if got is not None:
+                AssignmentTable(got["seeds"], got["step"], got["fingerprint"]).save(
+                    Path(tmp) / TABLE_FILE
+                )
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def on_step(log: StepLog) -> None:
+        window.append(log)
+        noise.note(wait=log.wait, **({"loss": log.loss} if rank == 0 else {}))
+        if rank == 0 and log.step % cfg.train.log_every == 0:
+            recent = window[-cfg.train.log_every :]
+            seconds = sum(w.seconds for w in recent)
+            line = {
+                "step": log.step,
+                "loss": float(np.mean([w.loss for w in recent])),
+                "lr": log.lr,
+                "images_per_s": cfg.train.batch * len(recent) / seconds,
+                "wait_fraction": sum(w.wait for w in recent) / seconds,
+                "time": time.time(),
+            }
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+            service.record.remote(line["images_per_s"])
+        if log.step % cfg.train.ckpt_every == 0:
+            report(log.step)
+            del window[:]
+        if rank == 0 and cfg.train.sample_every and log.step % cfg.train.sample_every == 0:
+            write_samples(cfg, state.ema.model, device, run_dir / "samples", log.step)
+
+    train_steps(cfg, state, dataset, plan, noise, cfg.train.steps, device, rank, world, on_step)
+    if last_report["step"] != state.step:
+        report(state.step)
+    if rank == 0:
+        write_samples(cfg, state.ema.model, device, run_dir / "samples", state.step)

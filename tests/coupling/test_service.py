@@ -1,0 +1,143 @@
+"""The coupling service's logic, driven directly with asyncio (no Ray needed)."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from loomray.coupling import AssignmentTable, LoomCoupling, step_rng
+from loomray.coupling.service import CouplingService, ServiceSpec
+
+ROWS, DIM, WORLD, PER_RANK = 96, 5, 2, 8
+
+
+def data():
+    return np.random.default_rng(0).standard_normal((ROWS, DIM)).astype(np.float32)
+
+
+def rows_of(step):
+    return np.random.default_rng([7, step]).permutation(ROWS)[: WORLD * PER_RANK]
+
+
+def spec(**kw):
+    base = dict(kind="loom", rows=ROWS, caches=3, cost="l2", seed=11, world=WORLD, timeout_s=5)
+    base.update(kw)
+    return ServiceSpec(**base)
+
+
+async def run_ranks(service, steps, x_all, start=0):
+    """Each rank submits step k+1 before awaiting step k, like the workers."""
+
+    async def rank(r):
+        out = {}
+        local = {s: rows_of(s)[r * PER_RANK : (r + 1) * PER_RANK] for s in range(start, steps)}
+        pending = {
+            start: asyncio.create_task(service.submit(start, r, local[start], x_all[local[start]]))
+        }
+        for s in range(start, steps):
+            if s + 1 < steps:
+                pending[s + 1] = asyncio.create_task(
+                    service.submit(s + 1, r, local[s + 1], x_all[local[s + 1]])
+                )
+            out[s] = await pending.pop(s)
+            await asyncio.sleep(0.001 * r)  # ranks run at different speeds
+        return out
+
+    return await asyncio.gather(*(rank(r) for r in range(WORLD)))
+
+
+def replay(steps, x_all, seed=11):
+    table = AssignmentTable.create(ROWS, 3, seed=seed)
+    coupling = LoomCoupling(table)
+    noises = {}
+    for s in range(steps):
+        rows = rows_of(s)
+        noises[s], _ = coupling.step(rows, x_all[rows], step_rng(seed, s))
+    return table, noises
+
+
+def test_service_equals_the_sequential_algorithm():
+    x_all = data()
+    service = CouplingService(spec())
+    outs = asyncio.run(run_ranks(service, 40, x_all))
+    table, noises = replay(40, x_all)
+    assert np.array_equal(service.table.seeds, table.seeds)
+    for s in range(40):
+        assert np.array_equal(np.concatenate([outs[0][s], outs[1][s]]), noises[s])
+    stats = service.stats()
+    assert stats["solves"] == 40 and stats["step"] == 39 and stats["cost_post"] <= stats["cost_pre"]
+
+
+def test_table_at_undoes_prefetched_solves():
+    x_all = data()
+    service = CouplingService(spec())
+    asyncio.run(run_ranks(service, 10, x_all))
+    for k in (7, 8, 10):
+        expected, _ = replay(k, x_all)
+        got = asyncio.run(service.table_at(k))
+        assert np.array_equal(got["seeds"], expected.seeds)
+    service.spec.timeout_s = 0.05
+    with pytest.raises(ValueError, match="not available"):
+        asyncio.run(service.table_at(11))
+
+
+def test_restore_continues_exactly_from_a_checkpointed_table():
+    x_all = data()
+    service = CouplingService(spec())
+    asyncio.run(run_ranks(service, 12, x_all))
+    at6 = asyncio.run(service.table_at(6))
+
+    async def resumed():
+        fresh = CouplingService(spec())
+        await fresh.restore(6, at6["seeds"], at6["fingerprint"])
+        await run_ranks(fresh, 12, x_all, start=6)
+        return fresh
+
+    fresh = asyncio.run(resumed())
+    assert np.array_equal(fresh.table.seeds, service.table.seeds)
+    assert fresh.table.is_permutation_of_origin()
+
+
+def test_a_rank_that_never_submits_times_out_with_its_number():
+    service = CouplingService(spec(timeout_s=0.3))
+    x = np.zeros((PER_RANK, DIM), np.float32)
+    with pytest.raises(TimeoutError, match=r"step 0 still lacks rank\(s\) 1 after 0.3 s"):
+        asyncio.run(service.submit(0, 0, np.arange(PER_RANK), x))
+
+
+def test_after_a_restart_a_step_some_ranks_already_hold_is_solved_without_them():
+    x_all = data()
+    service = CouplingService(spec())
+    service.next_step = None  # as a restarted actor: it does not know where workers are
+
+    async def scenario():
+        r1 = rows_of(5)[PER_RANK:]
+        # rank 1 still needs step 5; rank 0 had received it before the crash
+        t1 = asyncio.create_task(service.submit(5, 1, r1, x_all[r1]))
+        await asyncio.sleep(0.01)
+        n0, n1 = rows_of(6)[:PER_RANK], rows_of(6)[PER_RANK:]
+        t0 = asyncio.create_task(service.submit(6, 0, n0, x_all[n0]))
+        z1 = await t1
+        t1b = asyncio.create_task(service.submit(6, 1, n1, x_all[n1]))
+        return z1, await t0, await t1b
+
+    z1, z6a, z6b = asyncio.run(scenario())
+    assert z1.shape == (PER_RANK, DIM) and z6a.shape == z6b.shape == (PER_RANK, DIM)
+    assert service.table.is_permutation_of_origin()
+    assert service.next_step == 7
+
+
+def test_bad_submissions():
+    service = CouplingService(spec())
+    x = np.zeros((2, DIM), np.float32)
+    with pytest.raises(ValueError, match="outside a world"):
+        asyncio.run(service.submit(0, 5, np.arange(2), x))
+
+
+@pytest.mark.parametrize("kind", ["independent", "minibatch-ot"])
+def test_baselines_through_the_same_service(kind):
+    x_all = data()
+    service = CouplingService(spec(kind=kind))
+    outs = asyncio.run(run_ranks(service, 5, x_all))
+    assert service.table is None and asyncio.run(service.table_at(3)) is None
+    assert outs[0][4].shape == (PER_RANK, DIM)

@@ -1,0 +1,199 @@
+"""`loomray train` on a real local Ray: service vs replay, exact resume, faults, bad input.
+
+One Ray per module (it costs ~2 GB and seconds to start); each run is a few
+dozen steps of the digits preset with 2 CPU workers.
+"""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from loomray.cli import app
+from loomray.config import load_config
+from loomray.coupling import AssignmentTable, LoomCoupling, step_rng
+from loomray.data import BatchPlan, build_dataset
+from loomray.train.launch import connect, launch
+from loomray.train.worker import CHECKPOINT_FILE, TABLE_FILE
+
+STEPS = 60
+BASE = ["train.workers=2", "train.log_every=10", "train.ckpt_every=30", "eval.methods=[euler-1]"]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    connect(None, quiet=True)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def run_a(ray_session, tmp_path_factory):
+    cfg = load_config("digits", [*BASE, f"train.steps={STEPS}"])
+    result = launch(cfg, tmp_path_factory.mktemp("runs") / "a", progress=False)
+    return cfg, result
+
+
+def load_run(result):
+    payload = torch.load(result.checkpoint / CHECKPOINT_FILE, weights_only=True)
+    return payload, AssignmentTable.load(result.checkpoint / TABLE_FILE)
+
+
+def test_two_workers_through_the_service_equal_the_sequential_algorithm(run_a):
+    cfg, result = run_a
+    assert result.step == STEPS
+    payload, table = load_run(result)
+    assert payload["step"] == STEPS and table.step == STEPS
+    # replay the same steps in one process, without Ray or the service
+    dataset = build_dataset(cfg)
+    plan = BatchPlan(len(dataset), cfg.train.batch, cfg.train.seed)
+    replay = LoomCoupling(
+        AssignmentTable.create(len(dataset), cfg.coupling.caches, seed=cfg.coupling.seed)
+    )
+    for step in range(STEPS):
+        rows = plan.global_rows(step)
+        replay.step(rows, dataset.batch(rows).numpy(), step_rng(cfg.coupling.seed, step))
+    assert np.array_equal(table.seeds, replay.table.seeds)
+    assert (
+        table.seeds
+        != AssignmentTable.create(len(dataset), cfg.coupling.caches, seed=cfg.coupling.seed).seeds
+    ).any()
+    assert result.service["solves"] == STEPS and result.service["world"] == 2
+    samples = list((result.run_dir / "samples").glob("*.png"))
+    assert samples and (result.run_dir / "metrics.jsonl").read_text().count("\n") == 6
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(run_a, tmp_path):
+    _, full = run_a
+    half = load_config("digits", [*BASE, f"train.steps={STEPS // 2}"])
+    first = launch(half, tmp_path / "b", progress=False)
+    assert first.step == STEPS // 2 and not first.resumed
+    rest = load_config("digits", [*BASE, f"train.steps={STEPS}"])
+    second = launch(rest, tmp_path / "b", progress=False)
+    assert second.resumed and second.step == STEPS
+    got, got_table = load_run(second)
+    want, want_table = load_run(full)
+    assert np.array_equal(got_table.seeds, want_table.seeds)
+    for part in ("model", "ema"):
+        for k, v in want[part].items():
+            assert torch.equal(got[part][k], v), f"{part}.{k} differs after resume"
+    assert got["optimizer"]["state"][0]["step"] == want["optimizer"]["state"][0]["step"]
+
+
+def test_service_and_worker_killed_mid_run(ray_session, tmp_path):
+    import ray
+    from ray.util.state import list_actors
+
+    steps = 240
+    cfg = load_config(
+        "digits",
+        [
+            "train.workers=2",
+            f"train.steps={steps}",
+            "train.log_every=10",
+            "train.ckpt_every=20",
+            "train.max_failures=2",
+            "coupling.snapshot_every=10",
+            "eval.methods=[euler-1]",
+        ],
+    )
+    events = []
+    status_output = []
+
+    def saboteur(service):
+        def step():
+            try:
+                return ray.get(service.stats.remote(), timeout=10)["step"]
+            except Exception:
+                return -1
+
+        def wait_for(target):
+            deadline = time.time() + 240
+            while step() < target and time.time() < deadline:
+                time.sleep(0.05)
+
+        wait_for(40)
+        status_output.append(CliRunner().invoke(app, ["status"]).output)
+        ray.kill(service, no_restart=False)
+        events.append("service killed")
+        wait_for(130)
+        workers = list_actors(
+            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+        )
+        os.kill(workers[-1]["pid"], signal.SIGKILL)
+        events.append("worker killed")
+
+    result = launch(
+        cfg,
+        tmp_path / "faults",
+        progress=False,
+        on_ready=lambda s: threading.Thread(target=saboteur, args=(s,), daemon=True).start(),
+    )
+    assert events == ["service killed", "worker killed"]
+    assert result.step == steps
+    payload, table = load_run(result)
+    assert payload["step"] == steps
+    assert table.is_permutation_of_origin()
+    fresh = AssignmentTable.create(table.rows, table.caches, seed=cfg.coupling.seed)
+    assert table.fingerprint == fresh.fingerprint
+    assert "run faults" in status_output[0] and "loom, 2 workers" in status_output[0]
+
+
+def write_fake_cifar(root):
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": np.zeros((40, 3072), np.uint8), "labels": [0] * 40}, f)
+
+
+def test_bad_requests_end_in_one_sentence_and_touch_nothing(run_a, tmp_path):
+    runner = CliRunner()
+    write_fake_cifar(tmp_path / "cifar")
+    start = time.time()
+    out = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            "cifar10",
+            f"data.root={tmp_path / 'cifar'}",
+            "--run-dir",
+            str(tmp_path / "gpu"),
+        ],
+    )
+    assert out.exit_code == 2 and "4 workers x 1 GPU but the cluster has 0 GPU" in out.output
+    assert time.time() - start < 30 and not (tmp_path / "gpu").exists()
+
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    out = runner.invoke(app, ["train", "--config", "digits", "--run-dir", str(occupied)])
+    assert out.exit_code == 2 and "not empty and holds no loomray run" in out.output
+    assert (occupied / "notes.txt").read_text() == "mine" and len(list(occupied.iterdir())) == 1
+
+    _, result = run_a
+    before = (result.run_dir / "config.yaml").read_text()
+    out = runner.invoke(
+        app,
+        ["train", "--config", "digits", *BASE, "train.lr=0.5", "--run-dir", str(result.run_dir)],
+    )
+    assert out.exit_code == 2 and "holds a run with another config (train.lr" in out.output
+    assert (result.run_dir / "config.yaml").read_text() == before
+
+    out = runner.invoke(
+        app, ["train", "--config", "digits", "--resume", "--run-dir", str(tmp_path / "empty")]
+    )
+    assert out.exit_code == 2 and "nothing to resume" in out.output
+
+    out = runner.invoke(app, ["train", "--config", "digits", "train.workers=3"])
+    assert out.exit_code == 2 and "not divisible by train.workers 3" in out.output
