@@ -277,8 +277,11 @@ def bench_train_cmd(
     workers: int = typer.Option(None, help="Training workers."),
     steps: int = typer.Option(1000, help="Steps of each run."),
     address: str = typer.Option(None, help="Ray cluster to join (default: a local Ray)."),
+    repeats: int = typer.Option(1, help="Alternating loom/independent pairs to run."),
 ) -> None:
     """Steps/s with the LOOM service vs independent coupling, and the workers' wait."""
+    import numpy as np
+
     from loomray.bench.train import bench_train
     from loomray.data import DatasetError
     from loomray.train.launch import LaunchError, connect
@@ -287,31 +290,38 @@ def bench_train_cmd(
     cfg = _resolve_train_config(config, extra, workers, None)
     log_every = max(1, steps // 10)
     cfg.train.log_every = log_every
+    if repeats < 1:
+        fail(f"--repeats must be at least 1, got {repeats}")
     try:
         connect(address, quiet=True)
-        with console.status(f"training {cfg.name} twice for {steps} steps..."):
-            loom, independent = bench_train(cfg)
+        with console.status(f"training {cfg.name} {2 * repeats} times for {steps} steps..."):
+            runs = bench_train(cfg, repeats)
     except (LaunchError, DatasetError) as err:
         fail(str(err))
     table = Table()
-    for col in ("coupling", "steps/s", "wait / step", "wait share", "solve ms"):
+    for col in ("repeat", "coupling", "steps/s", "wait / step", "wait share", "solve ms"):
         table.add_column(col, justify="right")
-    for r in (loom, independent):
-        table.add_row(
-            r.kind,
-            f"{r.steps_per_s:.2f}",
-            f"{r.wait_ms:.2f} ms",
-            f"{100 * r.wait_fraction:.2f}%",
-            f"{r.solve_ms:.2f}",
-        )
+    for i, pair in enumerate(runs):
+        for r in pair:
+            table.add_row(
+                str(i + 1),
+                r.kind,
+                f"{r.steps_per_s:.2f}",
+                f"{r.wait_ms:.2f} ms",
+                f"{100 * r.wait_fraction:.2f}%",
+                f"{r.solve_ms:.2f}",
+            )
     console.print(
         f"{cfg.name}: {cfg.train.workers} workers, batch {cfg.train.batch}, "
-        f"{steps} steps each (first of 10 windows left out)"
+        f"{steps} steps per run (first of 10 windows left out)"
     )
     console.print(table)
+    ratios = [loom.steps_per_s / ind.steps_per_s for loom, ind in runs]
+    waits = [loom.wait_fraction for loom, _ in runs]
     console.print(
-        f"[bold]ratio loom / independent: {loom.steps_per_s / independent.steps_per_s:.3f}"
-        f"[/]; LOOM wait {100 * loom.wait_fraction:.2f}% of step time"
+        f"[bold]ratio loom / independent: {np.mean(ratios):.3f}[/] "
+        f"(per repeat {', '.join(f'{x:.3f}' for x in ratios)}); LOOM wait "
+        f"{100 * np.mean(waits):.2f}% of step time"
     )
 
 

@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     name: str = "digits"
-    """cifar10 | imagenet32 | imagenet64 | folder | digits | toy2d | latents"""
+    """cifar10 | imagenet32 | imagenet64 | folder | digits | toy2d | latents | synthetic
+    (random images of the configured shape, for speed measurements without data)"""
     root: str | None = None
     """Where the dataset lives (or is downloaded to); None: the loader's default."""
     download: bool = False
@@ -140,7 +141,16 @@ class Config:
         }
 
 
-DATASETS = ("cifar10", "imagenet32", "imagenet64", "folder", "digits", "toy2d", "latents")
+DATASETS = (
+    "cifar10",
+    "imagenet32",
+    "imagenet64",
+    "folder",
+    "digits",
+    "toy2d",
+    "latents",
+    "synthetic",
+)
 MODELS = ("unet", "mlp")
 TOYS = ("moons", "8gaussians")
 

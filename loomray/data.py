@@ -218,6 +218,11 @@ def build_dataset(cfg: Config) -> RowDataset:
         if d.channels != 1:
             x = x.repeat(1, d.channels, 1, 1)
         return ArrayDataset(_limit(x.numpy(), d.limit), d.flip)
+    if d.name == "synthetic":
+        n = d.limit or 50_000
+        rng = np.random.default_rng(cfg.train.seed)
+        shape = (n, d.channels, d.resolution, d.resolution)
+        return ArrayDataset(rng.integers(0, 256, size=shape, dtype=np.uint8), d.flip)
     if d.name == "latents":
         raise DatasetError(
             "the ffhq256 preset trains on SD-VAE latents, and the latent pipeline "

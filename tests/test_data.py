@@ -136,3 +136,11 @@ def test_batch_plan_is_a_function_of_seed_and_step():
     assert np.array_equal(np.concatenate(ranks), plan.global_rows(4))
     with pytest.raises(DatasetError):
         BatchPlan(rows=4, batch=8, seed=0)
+
+
+def test_synthetic_images_for_speed_runs():
+    cfg = load_config("cifar10", ["data.name=synthetic", "data.limit=300"])
+    ds = build_dataset(cfg)
+    assert len(ds) == 600  # flips included
+    x = ds.batch(np.array([0, 300]))
+    assert x.shape == (2, 3, 32, 32) and torch.allclose(x[1], torch.flip(x[0], dims=[-1]))

@@ -4,7 +4,7 @@ Runs the same config for the same number of steps with coupling ``loom`` and
 with ``independent`` (which still goes through the service, so the comparison
 isolates the solve, not the plumbing), in one invocation, and reads the
 throughput and the workers' wait on the service from each run's own per-window
-metrics (the first window, with start-up, is left out).
+metrics (medians over windows; the first window, with start-up, is left out).
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ def _measure(cfg: Config, kind: str, root: Path) -> TrainBenchRun:
     result = launch(run_cfg, root / kind, progress=False)
     lines = [json.loads(x) for x in (root / kind / "metrics.jsonl").read_text().splitlines()]
     steady = lines[1:] or lines
-    steps_per_s = float(np.mean([x["images_per_s"] for x in steady])) / cfg.train.batch
-    wait = float(np.mean([x["wait_fraction"] for x in steady]))
+    # Medians over the windows: a shared machine's hiccups hit single windows.
+    steps_per_s = float(np.median([x["images_per_s"] for x in steady])) / cfg.train.batch
+    wait = float(np.median([x["wait_fraction"] for x in steady]))
     return TrainBenchRun(
         kind,
         steps_per_s,
@@ -45,8 +46,14 @@ def _measure(cfg: Config, kind: str, root: Path) -> TrainBenchRun:
     )
 
 
-def bench_train(cfg: Config, root: Path | None = None) -> list[TrainBenchRun]:
-    """[loom, independent] measured on the same config, steps and workers."""
+def bench_train(cfg: Config, repeats: int = 1) -> list[list[TrainBenchRun]]:
+    """``repeats`` x [loom, independent] on the same config, steps and workers.
+
+    Runs alternate (loom, independent, loom, ...) so slow drifts of a shared
+    machine hit both alike."""
+    runs = []
     with tempfile.TemporaryDirectory(prefix="loomray-bench-") as tmp:
-        base = Path(root) if root is not None else Path(tmp)
-        return [_measure(cfg, kind, base) for kind in ("loom", "independent")]
+        for i in range(repeats):
+            base = Path(tmp) / f"repeat{i}"
+            runs.append([_measure(cfg, kind, base) for kind in ("loom", "independent")])
+    return runs
