@@ -168,6 +168,9 @@ def train_cmd(
             f"coupling {s['kind']}: mean pair cost {s['cost_pre']:.3f} -> {s['cost_post']:.3f} "
             f"per solve, solve {s['solve_ms']:.1f} ms, worker wait {s.get('wait_ms', 0):.1f} ms"
         )
+    quality = {k: v for k, v in result.metrics.items() if "/" in k}
+    if quality:
+        console.print("EMA model: " + ", ".join(f"{k} {v:.3f}" for k, v in quality.items()))
     console.print(f"checkpoint: {result.checkpoint}\nsamples:    {result.run_dir / 'samples'}")
 
 
@@ -227,6 +230,63 @@ def status_cmd(
         for row in rows:
             table.add_row(*row)
         console.print(table)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    ckpt: str = typer.Option(..., help="Checkpoint file or run directory."),
+    methods: str = typer.Option(
+        None,
+        help="Comma-separated samplers (default: the run's "
+        "eval.methods), e.g. midpoint-1,midpoint-2,midpoint-4,dopri5.",
+    ),
+    n: int = typer.Option(None, help="Samples per method (default: the run's eval.n)."),
+    ref: str = typer.Option("train", help="Reference split: train or test."),
+    fid_weights: str = typer.Option(
+        None,
+        help="torch-fidelity Inception weights (.pth); "
+        "default $LOOMRAY_FID_WEIGHTS, else downloaded.",
+    ),
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+) -> None:
+    """FID (or energy distance for toy2d) and actual NFE per sampler for a checkpoint."""
+    import torch
+
+    from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint
+    from loomray.data import DatasetError
+    from loomray.evaluate import EvaluationError, evaluate_model, make_evaluator, write_results
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        payload = load_checkpoint(ckpt)
+        cfg, model = ema_model_of(payload)
+        names = [m.strip() for m in methods.split(",")] if methods else list(cfg.eval.methods)
+        count = n if n is not None else cfg.eval.n
+        if count < 2:
+            raise EvaluationError(f"--n must be at least 2, got {count}")
+        evaluator = make_evaluator(cfg, ref, fid_weights, dev)
+        with console.status("sampling and scoring...") as status:
+            rows = evaluate_model(
+                model,
+                cfg,
+                names,
+                count,
+                evaluator,
+                dev,
+                progress=lambda m, i, total: status.update(f"{m}: {i}/{total} samples"),
+            )
+    except (CheckpointError, EvaluationError, DatasetError, ValueError) as err:
+        fail(str(err))
+    step = payload["step"]
+    folder = Path(payload["path"]).parent
+    pq_path, json_path = write_results(rows, folder, f"eval-step{step:07d}-{ref}")
+    table = Table(title=f"{cfg.name} step {step}: {evaluator.note}, n={count}, ref={ref}")
+    for col in ("sampler", "NFE", rows[0].metric, "seconds"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r.method, f"{r.nfe:g}", f"{r.value:.4f}", f"{r.seconds:.1f}")
+    console.print(table)
+    console.print(f"wrote {pq_path} and {json_path}")
 
 
 @bench_app.command("coupling")
@@ -323,6 +383,73 @@ def bench_train_cmd(
         f"(per repeat {', '.join(f'{x:.3f}' for x in ratios)}); LOOM wait "
         f"{100 * np.mean(waits):.2f}% of step time"
     )
+
+
+@bench_app.command("quality")
+def bench_quality_cmd(
+    config: str = typer.Option("digits", "--config", "-c", help="Preset name or YAML path."),
+    overrides: list[str] = typer.Argument(None, help="section.key=value overrides."),
+    seeds: int = typer.Option(3, help="Seeds per coupling."),
+    steps: int = typer.Option(None, help="Training steps of every run (default: the config's)."),
+    n: int = typer.Option(None, help="Samples per score (default: eval.n)."),
+    out: str = typer.Option("bench-quality", help="Folder for the table (JSON) and the plot."),
+) -> None:
+    """Independent vs minibatch-OT vs LOOM: same model, steps and seeds; quality per NFE."""
+    import json
+
+    import numpy as np
+
+    from loomray.bench.quality import KINDS, METHODS, plot_quality, run_quality, summarize
+    from loomray.data import DatasetError
+    from loomray.evaluate import EvaluationError
+
+    extra = list(overrides or []) + ([f"train.steps={steps}"] if steps else [])
+    cfg = _config_or_fail(config, extra)
+    if seeds < 1:
+        fail(f"--seeds must be at least 1, got {seeds}")
+    try:
+        runs, global_pair, metric = run_quality(
+            cfg, seeds, METHODS, n, log=lambda line: console.print(line)
+        )
+    except (EvaluationError, DatasetError) as err:
+        fail(str(err))
+    summary = summarize(runs)
+    table = Table(
+        title=f"{cfg.name}: {metric.upper()} (mean ± std over {seeds} seeds), "
+        f"{cfg.train.steps} steps"
+    )
+    table.add_column("sampler (NFE)")
+    for kind in KINDS:
+        table.add_column(kind, justify="right")
+    for m in METHODS:
+        nfe = np.mean([r.nfe[m] for r in runs])
+        table.add_row(
+            f"{m} ({nfe:.0f})", *(f"{summary[k][m][0]:.3f} ± {summary[k][m][1]:.3f}" for k in KINDS)
+        )
+    table.add_row("pair cost", *(f"{summary[k]['pair_cost'][0]:.4f}" for k in KINDS))
+    table.add_row("global OT pair cost", *(f"{global_pair:.4f}" for _ in KINDS))
+    console.print(table)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "quality.json").write_text(
+        json.dumps(
+            {
+                "config": cfg.to_dict(),
+                "metric": metric,
+                "global_ot_pair_cost": global_pair,
+                "runs": [r.__dict__ for r in runs],
+            },
+            indent=2,
+        )
+    )
+    plot = plot_quality(
+        summary,
+        runs,
+        metric,
+        folder / "quality.png",
+        f"{cfg.name}: {cfg.train.steps} steps, {seeds} seeds",
+    )
+    console.print(f"wrote {folder / 'quality.json'} and {plot}")
 
 
 def main() -> None:  # pragma: no cover - console entry

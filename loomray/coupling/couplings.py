@@ -206,12 +206,21 @@ def table_cost(
 def global_ot_cost(table: AssignmentTable, data: np.ndarray, cost: Cost = "l2") -> float:
     """The physical limit: the best table reachable by permuting all its seeds.
 
-    A full linear assignment of all ``rows * caches`` noises to all slots (row i
-    repeated K times). Cubic in rows * caches: meant for sets of a few thousand.
+    Every noise of the table goes to exactly one slot, and row i has K slots
+    of equal cost, so this is a transportation problem (supply K per row,
+    demand 1 per noise) whose optimum is integral: an exact global assignment.
+    Solved with POT's network simplex on the [rows, rows * K] cost matrix:
+    ~30 s for the 1797 x 14376 digits table, where a square assignment of all
+    slots would take far longer.
     """
+    import ot
+
     data = np.asarray(data, np.float32)
     z = noise_from_seeds(table.seeds.reshape(-1), data.shape[1:])
-    x = np.repeat(data, table.caches, axis=0)
-    c = cost_matrix(x, z, cost)
-    perm = assignment_from_cost(c)
-    return float(c[np.arange(len(c)), perm].sum())
+    c = cost_matrix(data, z, cost)
+    supply = np.full(table.rows, float(table.caches))
+    demand = np.ones(table.rows * table.caches)
+    _, log = ot.emd(supply, demand, c, numItermax=100_000_000, log=True)
+    if log.get("warning"):
+        raise RuntimeError(f"global OT did not converge: {log['warning']}")
+    return float(log["cost"])

@@ -61,6 +61,51 @@ def write_samples(cfg: Config, model: torch.nn.Module, device, folder: Path, ste
     return paths
 
 
+class _Evaluation:
+    """Rank 0's FID of the EMA model during training (to the report and the dashboard).
+
+    Missing FID weights must not end a long run: the first failure is logged
+    and evaluation is switched off."""
+
+    def __init__(self, cfg: Config, device, run_dir: Path) -> None:
+        self.cfg, self.device, self.run_dir = cfg, device, run_dir
+        self.evaluator = None
+        self.disabled = False
+        self.gauge = None
+
+    def run(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        from loomray.evaluate import EvaluationError, evaluate_model, make_evaluator, write_results
+
+        if self.disabled:
+            return {}
+        try:
+            if self.evaluator is None:
+                self.evaluator = make_evaluator(self.cfg, "train", None, self.device.type)
+            rows = evaluate_model(
+                model, self.cfg, self.cfg.eval.methods, self.cfg.eval.n, self.evaluator, self.device
+            )
+        except EvaluationError as err:
+            self.disabled = True
+            print(f"loomray: evaluation during training is off: {err}", flush=True)
+            return {}
+        finally:
+            model.train(False)
+        write_results(rows, self.run_dir / "eval", f"eval-step{step:07d}-train")
+        if self.gauge is None:
+            from ray.util.metrics import Gauge
+
+            self.gauge = Gauge(
+                "loomray_eval_quality",
+                "FID (energy distance for toy2d) of the EMA model per sampler.",
+                tag_keys=("run", "method"),
+            )
+        out = {}
+        for r in rows:
+            out[f"{r.metric}/{r.method}"] = r.value
+            self.gauge.set(r.value, tags={"run": self.run_dir.name, "method": r.method})
+        return out
+
+
 def train_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
@@ -99,11 +144,15 @@ def train_worker(config: dict[str, Any]) -> None:
     window: list[StepLog] = []
     last_report = {"step": state.step}
 
-    def report(step: int) -> None:
+    evaluation = _Evaluation(cfg, device, run_dir) if rank == 0 else None
+
+    def report(step: int, evaluate: bool = False) -> None:
         metrics = {
             "step": step,
             "loss": float(np.mean([w.loss for w in window])) if window else float("nan"),
         }
+        if evaluate and evaluation is not None:
+            metrics.update(evaluation.run(state.ema.model, step))
         last_report["step"] = step  # every rank reports the same steps: it is a collective
         if rank != 0:
             ray.train.report(metrics)
@@ -134,14 +183,15 @@ def train_worker(config: dict[str, Any]) -> None:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(line) + "\n")
             service.record.remote(line["images_per_s"])
-        if log.step % cfg.train.ckpt_every == 0:
-            report(log.step)
+        evaluate = bool(cfg.eval.every) and log.step % cfg.eval.every == 0
+        if log.step % cfg.train.ckpt_every == 0 or evaluate:
+            report(log.step, evaluate)
             del window[:]
         if rank == 0 and cfg.train.sample_every and log.step % cfg.train.sample_every == 0:
             write_samples(cfg, state.ema.model, device, run_dir / "samples", log.step)
 
     train_steps(cfg, state, dataset, plan, noise, cfg.train.steps, device, rank, world, on_step)
     if last_report["step"] != state.step:
-        report(state.step)
+        report(state.step, evaluate=True)
     if rank == 0:
         write_samples(cfg, state.ema.model, device, run_dir / "samples", state.step)

@@ -145,3 +145,17 @@ def test_flip_rows_round_trip():
     back_images, back_flipped = split_rows(rows, 5)
     assert back_images.tolist() == images.tolist()
     assert back_flipped.tolist() == flipped.tolist()
+
+
+def test_global_ot_equals_a_full_assignment_of_all_slots():
+    from loomray.coupling import assignment_from_cost, cost_matrix
+
+    rng = np.random.default_rng(6)
+    data = rng.standard_normal((40, 3)).astype(np.float32)
+    table = AssignmentTable.create(40, 3, seed=7)
+    z = noise_from_seeds(table.seeds.reshape(-1), (3,))
+    c = cost_matrix(np.repeat(data, 3, axis=0), z)
+    perm = assignment_from_cost(c)
+    exact = c[np.arange(len(c)), perm].sum()
+    assert global_ot_cost(table, data) == pytest.approx(exact, rel=1e-9)
+    assert global_ot_cost(table, data) < table_cost(table, data)

@@ -1,0 +1,131 @@
+"""`loomray bench quality`: the result LOOM-CFM exists for, measured side by side.
+
+For each seed, the same model is trained for the same steps with independent,
+minibatch-OT and LOOM coupling (same data order, same initial weights, same
+budget), then the EMA model is scored at low NFE and with dopri5. Next to the
+quality, each run's coupling cost per pair is set against the exact global OT
+cost of the dataset (the physical limit: one full linear assignment of all the
+table's noises to all rows x caches).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from loomray.config import Config
+from loomray.coupling import AssignmentTable, global_ot_cost, table_cost
+from loomray.data import build_dataset
+from loomray.evaluate import evaluate_model, make_evaluator
+from loomray.train.loop import train_local
+
+KINDS = ("independent", "minibatch-ot", "loom")
+METHODS = ("euler-1", "euler-2", "midpoint-1", "midpoint-2", "midpoint-4", "dopri5")
+
+
+@dataclass
+class QualityRun:
+    kind: str
+    seed: int
+    scores: dict[str, float]
+    nfe: dict[str, float]
+    pair_cost: float
+    """Mean cost of the pairs trained on (LOOM: the final table's mean pair cost)."""
+    seconds: float
+
+
+def run_quality(
+    cfg: Config, seeds: int, methods=METHODS, n: int | None = None, log=print
+) -> tuple[list[QualityRun], float, str]:
+    """All runs, the global OT cost per pair, and the metric's name."""
+    evaluator = make_evaluator(cfg)
+    data = build_dataset(cfg)
+    x_all = data.batch(np.arange(len(data))).numpy()
+    runs = []
+    for seed in range(seeds):
+        for kind in KINDS:
+            run_cfg = replace(
+                cfg,
+                train=replace(cfg.train, seed=seed, workers=1),
+                coupling=replace(cfg.coupling, kind=kind, seed=seed),
+            )
+            start = time.perf_counter()
+            run = train_local(run_cfg)
+            rows = evaluate_model(run.state.ema.model, run_cfg, methods, n or cfg.eval.n, evaluator)
+            stats = run.noise.stats[-100:]
+            if kind == "loom":
+                table = run.noise.coupling.table
+                pair = table_cost(table, x_all, cfg.coupling.cost) / (table.rows * table.caches)
+            else:
+                pair = float(np.mean([s.post_cost for s in stats])) / cfg.train.batch
+            runs.append(
+                QualityRun(
+                    kind,
+                    seed,
+                    {r.method: r.value for r in rows},
+                    {r.method: r.nfe for r in rows},
+                    pair,
+                    time.perf_counter() - start,
+                )
+            )
+            log(
+                f"seed {seed} {kind:>12}: "
+                + "  ".join(f"{r.method} {r.value:.3f}" for r in rows)
+                + f"  pair cost {pair:.4f}"
+            )
+    table0 = AssignmentTable.create(len(data), cfg.coupling.caches, seed=0)
+    global_pair = global_ot_cost(table0, x_all, cfg.coupling.cost) / (table0.rows * table0.caches)
+    return runs, global_pair, rows[0].metric
+
+
+def summarize(runs: list[QualityRun], methods=METHODS) -> dict[str, dict[str, tuple]]:
+    """kind -> method -> (mean, std) over seeds; plus 'pair_cost'."""
+    out = {}
+    for kind in KINDS:
+        mine = [r for r in runs if r.kind == kind]
+        out[kind] = {
+            m: (
+                float(np.mean([r.scores[m] for r in mine])),
+                float(np.std([r.scores[m] for r in mine])),
+            )
+            for m in methods
+        }
+        out[kind]["pair_cost"] = (
+            float(np.mean([r.pair_cost for r in mine])),
+            float(np.std([r.pair_cost for r in mine])),
+        )
+    return out
+
+
+def plot_quality(summary, runs: list[QualityRun], metric: str, path: Path, title: str) -> Path:
+    """Quality vs NFE, one line per coupling (fixed-step samplers), dopri5 as a marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for ax, solver in zip(axes, ("euler", "midpoint"), strict=True):
+        for kind in KINDS:
+            methods = [m for m in summary[kind] if m.startswith(solver + "-")]
+            nfe = [np.mean([r.nfe[m] for r in runs if r.kind == kind]) for m in methods]
+            mean = [summary[kind][m][0] for m in methods]
+            std = [summary[kind][m][1] for m in methods]
+            line = ax.errorbar(nfe, mean, yerr=std, marker="o", capsize=3, label=kind)
+            if "dopri5" in summary[kind]:
+                ax.axhline(summary[kind]["dopri5"][0], ls=":", color=line[0].get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel(metric.upper())
+        ax.set_title(f"{solver} (dotted: dopri5)")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

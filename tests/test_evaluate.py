@@ -1,0 +1,142 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from loomray.checkpoint import save_checkpoint
+from loomray.cli import app
+from loomray.config import load_config
+from loomray.evaluate import (
+    EvaluationError,
+    energy_distance,
+    evaluate_model,
+    make_evaluator,
+    to_uint8,
+)
+from loomray.train.loop import train_local
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("LOOMRAY_CACHE", str(tmp_path_factory.getbasetemp() / "loomray-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
+    monkeypatch.delenv("LOOMRAY_FID_WEIGHTS", raising=False)
+
+
+def test_digits_fid_is_zero_on_itself_and_monotone_in_corruption():
+    ev = make_evaluator(load_config("digits"))
+    assert "accuracy" in ev.note
+    accuracy = float(ev.note.split("accuracy ")[1].split("%")[0])
+    assert accuracy > 90
+    data = ev.reference.float() / 127.5 - 1
+    assert abs(ev.score(data)) < 1e-6
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(data.shape, generator=gen)
+    scores = [ev.score((data + s * noise).clamp(-1, 1)) for s in (0.05, 0.2, 0.5, 1.0)]
+    print("digits FID under noise 0.05/0.2/0.5/1.0:", [round(x, 2) for x in scores])
+    assert scores[0] > 0.1 and all(a < b for a, b in zip(scores, scores[1:], strict=False))
+
+
+def test_energy_distance():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(500, 2, generator=gen)
+    assert energy_distance(x, x) == pytest.approx(0.0, abs=1e-12)
+    shifts = [energy_distance(x, x + s) for s in (0.1, 0.5, 2.0)]
+    assert 0 < shifts[0] < shifts[1] < shifts[2]
+
+
+@pytest.fixture(scope="module")
+def random_inception_weights(tmp_path_factory):
+    """Inception-v3 of the right architecture with random weights: the real FID code
+    path runs without the download."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    empty = tmp_path_factory.mktemp("weights") / "empty.pth"
+    torch.save({}, empty)
+    original = FeatureExtractorInceptionV3.load_state_dict
+    FeatureExtractorInceptionV3.load_state_dict = lambda self, state: None
+    try:
+        torch.manual_seed(0)
+        model = FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty)
+        )
+    finally:
+        FeatureExtractorInceptionV3.load_state_dict = original
+    for module in model.modules():  # keep activations alive through 20 random layers
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("weights") / "inception-random.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def fake_cifar(root, n=24):
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)]:
+        with open(folder / name, "wb") as f:
+            data = rng.integers(0, 256, (n // 5 + 1, 3072), dtype=np.uint8)
+            pickle.dump({"data": data, "labels": [0] * len(data)}, f)
+
+
+def test_inception_path_with_random_weights(tmp_path, random_inception_weights):
+    fake_cifar(tmp_path)
+    cfg = load_config("cifar10", [f"data.root={tmp_path}", "train.batch=4", "train.workers=1"])
+    ev = make_evaluator(cfg, fid_weights=str(random_inception_weights))
+    assert ev.extractor == "inception-v3-compat" and ev.reference.shape[1:] == (3, 32, 32)
+    data = ev.reference.float() / 127.5 - 1
+    same = ev.score(data)
+    shifted = ev.score((data * 0.2).clamp(-1, 1))
+    assert abs(same) < 1e-3 < shifted
+
+
+def test_missing_inception_weights_is_one_clear_sentence(tmp_path):
+    fake_cifar(tmp_path)
+    cfg = load_config("cifar10", [f"data.root={tmp_path}", "train.batch=4", "train.workers=1"])
+    with pytest.raises(EvaluationError, match="do not exist"):
+        make_evaluator(cfg, fid_weights=str(tmp_path / "nope.pth"))
+    ev = make_evaluator(cfg)
+    with pytest.raises(EvaluationError, match="--fid-weights PATH or set LOOMRAY_FID_WEIGHTS"):
+        ev.score(ev.reference.float() / 127.5 - 1)
+
+
+def test_to_uint8_round_trips_the_grid():
+    x = torch.tensor([-1.0, -0.5, 0.0, 1.0, 1.7])
+    assert to_uint8(x).tolist() == [0, 64, 128, 255, 255]
+
+
+def test_evaluate_cli_on_a_digits_checkpoint(tmp_path):
+    cfg = load_config("digits", ["train.steps=30"])
+    run = train_local(cfg)
+    ckpt = save_checkpoint(tmp_path / "run" / "checkpoint.pt", run.state.payload(cfg))
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "--ckpt", str(ckpt), "--methods", "euler-1,midpoint-2,dopri5", "--n", "300"],
+    )
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "run" / "eval-step0000030-train.json").read_text())
+    assert [r["method"] for r in records] == ["euler-1", "midpoint-2", "dopri5"]
+    assert [r["nfe"] for r in records][:2] == [1, 4] and records[2]["nfe"] > 4
+    assert all(r["metric"] == "fid" and r["value"] > 0 for r in records)
+    assert (tmp_path / "run" / "eval-step0000030-train.parquet").is_file()
+    for args, message in [
+        (["--methods", "midpoint-0"], "unknown sampler"),
+        (["--ref", "val"], "--ref must be train or test"),
+        (["--ref", "test"], "only known for cifar10"),
+        (["--n", "1"], "at least 2"),
+    ]:
+        bad = CliRunner().invoke(app, ["evaluate", "--ckpt", str(ckpt), *args])
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+
+
+def test_toy2d_uses_energy_distance():
+    cfg = load_config("toy2d", ["train.steps=50"])
+    run = train_local(cfg)
+    ev = make_evaluator(cfg)
+    rows = evaluate_model(run.state.ema.model, cfg, ["euler-1", "midpoint-2"], 500, ev)
+    assert [r.metric for r in rows] == ["energy", "energy"] and all(r.value > 0 for r in rows)
