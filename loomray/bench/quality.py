@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
 
 from loomray.config import Config
 from loomray.coupling import AssignmentTable, global_ot_cost, table_cost
@@ -40,7 +42,16 @@ class QualityRun:
 def run_quality(
     cfg: Config, seeds: int, methods=METHODS, n: int | None = None, log=print
 ) -> tuple[list[QualityRun], float, str]:
-    """All runs, the global OT cost per pair, and the metric's name."""
+    """All runs, the global OT cost per pair, and the metric's name.
+
+    Runs on one thread (torch and BLAS): the model is small, and two threads
+    of each fight over two cores."""
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        return _run_quality(cfg, seeds, methods, n, log)
+
+
+def _run_quality(cfg, seeds, methods, n, log):
     evaluator = make_evaluator(cfg)
     data = build_dataset(cfg)
     x_all = data.batch(np.arange(len(data))).numpy()

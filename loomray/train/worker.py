@@ -142,7 +142,6 @@ def train_worker(config: dict[str, Any]) -> None:
     noise = ServiceNoise(service, rank, cfg.coupling.timeout_s)
     metrics_path = run_dir / "metrics.jsonl"
     window: list[StepLog] = []
-    last_report = {"step": state.step}
 
     evaluation = _Evaluation(cfg, device, run_dir) if rank == 0 else None
 
@@ -153,7 +152,7 @@ def train_worker(config: dict[str, Any]) -> None:
         }
         if evaluate and evaluation is not None:
             metrics.update(evaluation.run(state.ema.model, step))
-        last_report["step"] = step  # every rank reports the same steps: it is a collective
+        # Every rank reports at the same steps: a report is a collective.
         if rank != 0:
             ray.train.report(metrics)
             return
@@ -183,7 +182,8 @@ def train_worker(config: dict[str, Any]) -> None:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(line) + "\n")
             service.record.remote(line["images_per_s"])
-        evaluate = bool(cfg.eval.every) and log.step % cfg.eval.every == 0
+        final = log.step == cfg.train.steps
+        evaluate = final or (bool(cfg.eval.every) and log.step % cfg.eval.every == 0)
         if log.step % cfg.train.ckpt_every == 0 or evaluate:
             report(log.step, evaluate)
             del window[:]
@@ -191,7 +191,5 @@ def train_worker(config: dict[str, Any]) -> None:
             write_samples(cfg, state.ema.model, device, run_dir / "samples", log.step)
 
     train_steps(cfg, state, dataset, plan, noise, cfg.train.steps, device, rank, world, on_step)
-    if last_report["step"] != state.step:
-        report(state.step, evaluate=True)
     if rank == 0:
         write_samples(cfg, state.ema.model, device, run_dir / "samples", state.step)
