@@ -450,7 +450,3 @@ def bench_quality_cmd(
         f"{cfg.name}: {cfg.train.steps} steps, {seeds} seeds",
     )
     console.print(f"wrote {folder / 'quality.json'} and {plot}")
-
-
-def main() -> None:  # pragma: no cover - console entry
-    app()

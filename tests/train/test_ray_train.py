@@ -66,6 +66,9 @@ def test_two_workers_through_the_service_equal_the_sequential_algorithm(run_a):
         != AssignmentTable.create(len(dataset), cfg.coupling.caches, seed=cfg.coupling.seed).seeds
     ).any()
     assert result.service["solves"] == STEPS and result.service["world"] == 2
+    # rank 0 scored the final EMA model and reported it
+    assert result.metrics["fid/euler-1"] > 0
+    assert (result.run_dir / "eval" / f"eval-step{STEPS:07d}-train.json").is_file()
     samples = list((result.run_dir / "samples").glob("*.png"))
     assert samples and (result.run_dir / "metrics.jsonl").read_text().count("\n") == 6
 
