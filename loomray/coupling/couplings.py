@@ -76,6 +76,25 @@ class Coupling(ABC):
     ) -> tuple[np.ndarray, CouplingStats]:
         """Noise float32 [B, *x.shape[1:]] aligned with ``x``, and the step's stats."""
 
+    def _pair(
+        self, x: np.ndarray, z: np.ndarray, caches: np.ndarray, seconds: dict[str, float]
+    ) -> tuple[np.ndarray, CouplingStats]:
+        """The optimal re-pairing of ``z`` to ``x`` and its stats (times added to seconds)."""
+        t0 = time.perf_counter()
+        c = cost_matrix(x, z, self.cost)
+        t1 = time.perf_counter()
+        perm = assignment_from_cost(c)
+        seconds.update(cost=t1 - t0, assign=time.perf_counter() - t1)
+        idx = np.arange(len(x))
+        stats = CouplingStats(
+            swaps=int((perm != idx).sum()),
+            pre_cost=float(c[idx, idx].sum()),
+            post_cost=float(c[idx, perm].sum()),
+            caches=caches,
+            seconds=seconds,
+        )
+        return perm, stats
+
 
 def _fresh_seeds(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.integers(0, 2**63 - 1, size=n, dtype=np.int64)
@@ -100,19 +119,8 @@ class MinibatchOTCoupling(Coupling):
         x = np.asarray(x, np.float32)
         t0 = time.perf_counter()
         z = noise_from_seeds(_fresh_seeds(rng, len(x)), x.shape[1:])
-        t1 = time.perf_counter()
-        c = cost_matrix(x, z, self.cost)
-        t2 = time.perf_counter()
-        perm = assignment_from_cost(c)
-        t3 = time.perf_counter()
-        idx = np.arange(len(x))
-        stats = CouplingStats(
-            swaps=int((perm != idx).sum()),
-            pre_cost=float(c[idx, idx].sum()),
-            post_cost=float(c[idx, perm].sum()),
-            caches=np.zeros(len(x), np.int64),
-            seconds={"noise": t1 - t0, "cost": t2 - t1, "assign": t3 - t2},
-        )
+        seconds = {"noise": time.perf_counter() - t0}
+        perm, stats = self._pair(x, z, np.zeros(len(x), np.int64), seconds)
         return z[perm], stats
 
 
@@ -155,22 +163,12 @@ class LoomCoupling(Coupling):
         t0 = time.perf_counter()
         seeds = self.table.seeds[rows, caches]
         z = noise_from_seeds(seeds, x.shape[1:])
-        t1 = time.perf_counter()
-        c = cost_matrix(x, z, self.cost)
-        t2 = time.perf_counter()
-        perm = assignment_from_cost(c)
-        t3 = time.perf_counter()
+        seconds = {"noise": time.perf_counter() - t0}
+        perm, stats = self._pair(x, z, caches, seconds)
+        t0 = time.perf_counter()
         self.table.seeds[rows, caches] = seeds[perm]
         self.table.step += 1
-        t4 = time.perf_counter()
-        idx = np.arange(len(x))
-        stats = CouplingStats(
-            swaps=int((perm != idx).sum()),
-            pre_cost=float(c[idx, idx].sum()),
-            post_cost=float(c[idx, perm].sum()),
-            caches=caches,
-            seconds={"noise": t1 - t0, "cost": t2 - t1, "assign": t3 - t2, "update": t4 - t3},
-        )
+        seconds["update"] = time.perf_counter() - t0
         return z[perm], stats
 
 

@@ -69,7 +69,6 @@ class _Step:
     results: dict[int, np.ndarray] = field(default_factory=dict)
     error: BaseException | None = None
     event: asyncio.Event = field(default_factory=asyncio.Event)
-    first_submit: float = field(default_factory=time.monotonic)
 
 
 class _Telemetry:

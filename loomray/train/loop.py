@@ -68,6 +68,11 @@ def make_table(cfg: Config, rows: int) -> AssignmentTable | None:
     return AssignmentTable.create(rows, cfg.coupling.caches, seed=cfg.coupling.seed)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (or the network itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 @dataclass
 class TrainState:
     model: nn.Module
@@ -78,7 +83,7 @@ class TrainState:
 
     def payload(self, cfg: Config) -> dict[str, Any]:
         """Checkpoint contents (tensors and plain values only)."""
-        model = self.model.module if hasattr(self.model, "module") else self.model
+        model = unwrap(self.model)
         return {
             "config": cfg.to_dict(),
             "step": self.step,
@@ -91,7 +96,7 @@ class TrainState:
         }
 
     def load(self, payload: dict[str, Any]) -> None:
-        model = self.model.module if hasattr(self.model, "module") else self.model
+        model = unwrap(self.model)
         model.load_state_dict(payload["model"])
         self.ema.model.load_state_dict(payload["ema"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -182,7 +187,7 @@ def train_steps(
         nn.utils.clip_grad_norm_(state.model.parameters(), cfg.train.grad_clip)
         state.optimizer.step()
         state.scheduler.step()
-        state.ema.update(state.model.module if hasattr(state.model, "module") else state.model)
+        state.ema.update(unwrap(state.model))
         state.step = step + 1
         log = StepLog(
             step=state.step,
