@@ -21,8 +21,31 @@ console = Console()
 
 def fail(message: str) -> None:
     """End the command with one clear sentence and exit code 2."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+DASHBOARD_HOST_HELP = (
+    "Address the dashboard of a local Ray listens on; anything but 127.0.0.1 is "
+    "reachable by others (a warning says so)."
+)
+
+
+def _warn_exposure(dashboard_host: str) -> None:
+    from rich.markup import escape
+
+    from loomray.train.launch import security_warnings
+
+    for warning in security_warnings(dashboard_host):
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+
+
+def _show_dashboard(url: str) -> None:
+    console.print(
+        f"Ray dashboard: {url}  (token auth on; the token: `ray get-auth-token`)", soft_wrap=True
+    )
 
 
 def _config_or_fail(config: str, overrides: list[str]):
@@ -138,6 +161,7 @@ def train_cmd(
         "an existing run dir of the same config does too).",
     ),
     verbose: bool = typer.Option(False, help="Stream the workers' logs to this terminal."),
+    dashboard_host: str = typer.Option("127.0.0.1", help=DASHBOARD_HOST_HELP),
 ) -> None:
     """Train with LOOM-CFM (or a baseline) on Ray: DDP workers + the coupling service."""
     from loomray.data import DatasetError
@@ -146,12 +170,16 @@ def train_cmd(
     cfg = _resolve_train_config(config, overrides, workers, gpus)
     run = Path(run_dir) if run_dir else Path("runs") / cfg.name
 
-    def show_dashboard(url: str) -> None:
-        console.print(f"Ray dashboard: {url}  (token: `ray get-auth-token`)")
-
+    _warn_exposure(dashboard_host)
     try:
         result = launch(
-            cfg, run, address=address, resume=resume, quiet=not verbose, on_dashboard=show_dashboard
+            cfg,
+            run,
+            address=address,
+            resume=resume,
+            quiet=not verbose,
+            on_dashboard=_show_dashboard,
+            dashboard_host=dashboard_host,
         )
     except (LaunchError, DatasetError) as err:
         fail(str(err))
@@ -168,10 +196,128 @@ def train_cmd(
             f"coupling {s['kind']}: mean pair cost {s['cost_pre']:.3f} -> {s['cost_post']:.3f} "
             f"per solve, solve {s['solve_ms']:.1f} ms, worker wait {s.get('wait_ms', 0):.1f} ms"
         )
-    quality = {k: v for k, v in result.metrics.items() if "/" in k}
+    if s.get("workers"):
+        nodes = {w["node"] for w in s["workers"] if w["node"]}
+        console.print(
+            f"the coupling service served {len(s['workers'])} workers on {len(nodes)} "
+            f"node{'s' if len(nodes) != 1 else ''} ("
+            + ", ".join(f"rank {w['rank']}: {w['batches']} batches" for w in s["workers"])
+            + ")"
+        )
+    quality = {k: v for k, v in result.metrics.items() if "/" in k and not k.startswith("nfe/")}
     if quality:
         console.print("EMA model: " + ", ".join(f"{k} {v:.3f}" for k, v in quality.items()))
     console.print(f"checkpoint: {result.checkpoint}\nsamples:    {result.run_dir / 'samples'}")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    spec: str = typer.Argument(..., help="Sweep spec YAML (see sweeps/ and docs/sweeps.md)."),
+    storage: str = typer.Option(None, help="Where sweeps go (overrides the spec's storage)."),
+    resume: bool = typer.Option(False, help="Continue the interrupted sweep of this spec."),
+    address: str = typer.Option(
+        None,
+        help="Ray cluster to join: auto, ray://host:10001, host:6379. Default: start a local Ray.",
+    ),
+    verbose: bool = typer.Option(False, help="Stream the trials' logs to this terminal."),
+    dashboard_host: str = typer.Option("127.0.0.1", help=DASHBOARD_HOST_HELP),
+) -> None:
+    """Search caches, batch size, sampler NFE (any config key) for the best FID with Tune."""
+    from loomray.data import DatasetError
+    from loomray.sweep import SweepError, load_spec, prepare_sweep_dir, run_sweep
+    from loomray.train.launch import LaunchError
+
+    try:
+        sweep = load_spec(spec, storage)
+        prepare_sweep_dir(sweep, resume)  # checks only; run_sweep checks again
+        console.print(
+            f"sweep [bold]{sweep.name}[/]: {sweep.trials} trials over "
+            f"{', '.join(sweep.space)}; objective {' + '.join(sweep.objectives)}; "
+            f"writing to {sweep.dir}"
+        )
+        _warn_exposure(dashboard_host)
+        result = run_sweep(
+            sweep,
+            resume=resume,
+            address=address,
+            quiet=not verbose,
+            on_dashboard=_show_dashboard,
+            dashboard_host=dashboard_host,
+        )
+    except (SweepError, LaunchError, DatasetError) as err:
+        fail(str(err))
+    except ConnectionError as err:
+        fail(f"cannot reach the Ray cluster at {address}: {err}")
+    metric = sweep.metric
+    keys = [k for k in sweep.space if not k.startswith("sampler.")]
+    table = Table(title=f"sweep {sweep.name}: trials by {metric}")
+    for col in ("trial", *(k.split(".")[-1] for k in keys), "sampler", "NFE", metric, "model"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for r in result.rows:
+        value = r[metric]
+        table.add_row(
+            r["trial"],
+            *(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys),
+            r["method"],
+            f"{r['nfe']:g}" if r["nfe"] is not None else "-",
+            f"{value:.3f}" if value is not None else "-",
+            (r["model"][:8] + ("+" if r["trained"] else "")) if r["model"] else "-",
+            r["status"] + (" *" if r.get("pareto") else ""),
+        )
+    console.print(table)
+    console.print("model: the trained model's key under models/ (+: this trial trained it)")
+    console.print(
+        f"{result.finished} trial{'s' if result.finished != 1 else ''} finished "
+        f"in {result.seconds:.0f} s; "
+        f"{result.trained} model{'s' if result.trained != 1 else ''} trained for them "
+        "(trials that differ only in sampler reuse a trained model)"
+    )
+    if sweep.multi:
+        console.print("* on the Pareto front of (" + ", ".join(sweep.objectives) + ")")
+    if result.best is not None:
+        b = result.best
+        console.print(
+            f"best: {metric} {b[metric]:.3f} with {b['method']} ({b['nfe']:g} NFE), "
+            + ", ".join(f"{k}={b[k]}" for k in sweep.space if not k.startswith("sampler."))
+        )
+    for what, path in result.files.items():
+        console.print(f"{what + ':':8s}{path}")
+    if result.interrupted:
+        console.print(
+            f"the sweep stopped with {result.finished} of {sweep.trials} trials finished; "
+            f"continue it with: loomray sweep {spec} --resume"
+            + (f" --storage {storage}" if storage else "")
+        )
+        raise typer.Exit(code=1)
+
+
+@app.command("table")
+def table_cmd(
+    path: str = typer.Argument(
+        ..., help="table.parquet, a checkpoint folder holding one, or a run dir (latest)."
+    ),
+) -> None:
+    """Check an assignment table (checksum, seed multiset) and describe it."""
+    from loomray.checkpoint import CheckpointError, resolve_checkpoint
+    from loomray.coupling import AssignmentTable
+    from loomray.train.worker import TABLE_FILE
+
+    target = Path(path)
+    try:
+        if target.is_dir():
+            beside = target / TABLE_FILE
+            target = beside if beside.is_file() else resolve_checkpoint(target).parent / TABLE_FILE
+        if not target.is_file():
+            raise ValueError(f"no assignment table at {target}")
+        t = AssignmentTable.load(target)  # checks checksum, shape and seed multiset
+    except (CheckpointError, ValueError) as err:
+        fail(str(err))
+    console.print(
+        f"{target}: {t.rows:,} rows x {t.caches} caches at step {t.step}; checksum ok; "
+        f"the same seed multiset it was created with (fingerprint {t.fingerprint[:16]})",
+        soft_wrap=True,
+    )
 
 
 @app.command("status")
@@ -225,6 +371,11 @@ def status_cmd(
             ("solve latency", f"{num('solve_ms', '{:.2f}')} ms"),
             ("worker wait", f"{num('wait_ms', '{:.2f}')} ms"),
             ("queue depth", str(s["queue_depth"])),
+            (
+                "workers (nodes)",
+                f"{len(s.get('workers', []))} "
+                f"({len({w['node'] for w in s.get('workers', []) if w['node']})} nodes)",
+            ),
             ("service restarts", str(s["restarts"])),
         ]
         for row in rows:

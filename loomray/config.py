@@ -205,17 +205,39 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        node = out
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with another override")
         try:
-            node[leaf] = yaml.safe_load(value) if value.strip() else None
+            parsed = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError:
-            node[leaf] = value
+            parsed = value
+        if not set_dotted(out, key.strip(), parsed):
+            raise ConfigError(f"override {item!r} conflicts with another override")
     return out
+
+
+def set_dotted(out: dict[str, Any], key: str, value: Any) -> bool:
+    """``set_dotted(d, "train.lr", 1e-4)`` sets ``d["train"]["lr"]``; False on a clash."""
+    node = out
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            return False
+    node[leaf] = value
+    return True
+
+
+def load_config_values(source: str, values: dict[str, Any]) -> Config:
+    """A preset or YAML path with already-typed dotted values applied (sweeps use this)."""
+    raw, _ = _read_yaml(source)
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if (
+            not key
+            or any(not part for part in key.split("."))
+            or not set_dotted(nested, key, value)
+        ):
+            raise ConfigError(f"config key {key!r} is not of the form section.key")
+    return config_from_dict(_merge(raw, nested))
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

@@ -59,8 +59,11 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
-    """Create the run dir, or check it holds this run; True when resuming."""
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True) -> bool:
+    """Create the run dir, or check it holds this run; True when resuming.
+
+    ``write=False`` only checks (the driver checks before starting Ray, and
+    writes once the cluster has been found able to run it)."""
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
         try:
@@ -68,7 +71,9 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
         except (ConfigError, yaml.YAMLError) as err:
             raise LaunchError(f"run dir {run_dir} has an unreadable config.yaml: {err}") from err
         old_d, new_d = old.to_dict(), cfg.to_dict()
-        old_d["train"].pop("steps"), new_d["train"].pop("steps")  # extending a run is fine
+        # Extending a run, or scoring it with other samplers, is the same run.
+        for d in (old_d, new_d):
+            d["train"].pop("steps"), d.pop("eval")
         changes = _diff(old_d, new_d)
         if changes:
             raise LaunchError(
@@ -76,7 +81,8 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
                 f"{f' and {len(changes) - 1} more' if len(changes) > 1 else ''}); "
                 "pass another --run-dir"
             )
-        config_path.write_text(dump_config(cfg))
+        if write:
+            config_path.write_text(dump_config(cfg))
         return True
     if resume:
         raise LaunchError(f"nothing to resume: {run_dir} holds no loomray run")
@@ -84,16 +90,40 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
         raise LaunchError(
             f"run dir {run_dir} is not empty and holds no loomray run; pass another --run-dir"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(dump_config(cfg))
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(dump_config(cfg))
     return False
 
 
-def connect(address: str | None, quiet: bool = False) -> str | None:
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def security_warnings(dashboard_host: str = "127.0.0.1") -> list[str]:
+    """What is unsafe about how Ray is about to be exposed (empty when nothing is)."""
+    out = []
+    if dashboard_host not in LOOPBACK:
+        out.append(
+            f"the Ray dashboard will listen on {dashboard_host}, not 127.0.0.1: anyone who "
+            "can reach it and holds the token can submit jobs, i.e. run code on this machine; "
+            "prefer an SSH port-forward (docs/cluster.md)"
+        )
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        out.append(
+            "RAY_AUTH_MODE=disabled turns Ray's token authentication off: anyone who reaches "
+            "the dashboard or the GCS can run code on the cluster (ShadowRay, CVE-2023-48022)"
+        )
+    return out
+
+
+def connect(
+    address: str | None, quiet: bool = False, dashboard_host: str = "127.0.0.1"
+) -> str | None:
     """Join ``address`` (``auto``, ``ray://host:10001``) or start a local Ray.
 
     Returns the dashboard URL when known. A local Ray binds its dashboard to
-    127.0.0.1 and keeps Ray's token authentication on.
+    ``dashboard_host`` (127.0.0.1 unless asked otherwise) and keeps Ray's token
+    authentication on (see ``security_warnings``).
     """
     import ray
 
@@ -105,7 +135,7 @@ def connect(address: str | None, quiet: bool = False) -> str | None:
     if address is None:
         info = ray.init(
             include_dashboard=True,
-            dashboard_host="127.0.0.1",
+            dashboard_host=dashboard_host,
             runtime_env=runtime_env,
             log_to_driver=not quiet,
             namespace=NAMESPACE,
@@ -241,12 +271,15 @@ def launch(
     quiet: bool = True,
     on_dashboard=None,
     on_ready=None,
+    callbacks: list | None = None,
+    dashboard_host: str = "127.0.0.1",
 ) -> TrainResult:
     """Run (or resume) training.
 
     Checks come first and fail in seconds: the dataset, the cluster's resources,
     the run dir. ``on_dashboard(url)`` and ``on_ready(service)`` are called as
-    soon as those exist (the CLI prints the URL; tests inject faults)."""
+    soon as those exist (the CLI prints the URL; tests inject faults).
+    ``callbacks`` are Ray Train callbacks (a sweep passes one that reports to Tune)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -255,7 +288,8 @@ def launch(
 
     run_dir = Path(run_dir).expanduser()
     rows = len(build_dataset(cfg))  # fail on missing data before starting anything
-    url = connect(address, quiet=quiet)
+    prepare_run_dir(cfg, run_dir, resume, write=False)  # and on a wrong run dir
+    url = connect(address, quiet=quiet, dashboard_host=dashboard_host)
     if url and on_dashboard is not None:
         on_dashboard(url)
     check_resources(cfg)
@@ -284,6 +318,7 @@ def launch(
             storage_path=str(run_dir.resolve()),
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or [],
         ),
     )
     started = time.time()

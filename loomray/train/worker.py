@@ -102,6 +102,7 @@ class _Evaluation:
         out = {}
         for r in rows:
             out[f"{r.metric}/{r.method}"] = r.value
+            out[f"nfe/{r.method}"] = r.nfe
             self.gauge.set(r.value, tags={"run": self.run_dir.name, "method": r.method})
         return out
 
@@ -139,7 +140,8 @@ def train_worker(config: dict[str, Any]) -> None:
         state.model = torch.nn.parallel.DistributedDataParallel(
             state.model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    noise = ServiceNoise(service, rank, cfg.coupling.timeout_s)
+    node = ray.get_runtime_context().get_node_id()
+    noise = ServiceNoise(service, rank, cfg.coupling.timeout_s, node=node)
     metrics_path = run_dir / "metrics.jsonl"
     window: list[StepLog] = []
 

@@ -1,0 +1,197 @@
+"""Sweep specs, training keys, the Pareto front and the plot; bad specs fail cleanly.
+
+The real sweep on Ray (train, reuse, interrupt, resume) is in test_sweep_ray.py.
+"""
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from loomray.cli import app
+from loomray.config import load_config
+from loomray.sweep import (
+    SweepError,
+    load_spec,
+    pareto_front,
+    plot_sweep,
+    prepare_sweep_dir,
+    shipped_specs,
+    spec_from_dict,
+    training_key,
+)
+
+SPEC = {
+    "name": "t",
+    "base": "digits",
+    "overrides": {"train.steps": 300, "eval.n": 200},
+    "space": {
+        "coupling.caches": {"choice": [1, 4]},
+        "train.lr": {"loguniform": [1e-4, 1e-2]},
+        "sampler.solver": {"choice": ["euler", "midpoint"]},
+        "sampler.steps": {"int": [1, 4]},
+    },
+    "trials": 3,
+    "resources": {"workers": 1},
+}
+
+
+def test_shipped_specs_load_and_map_to_trial_configs():
+    assert {"caches", "caches-digits"} <= set(shipped_specs())
+    for name in ("caches", "sweeps/caches-digits.yaml"):
+        spec = load_spec(name)
+        assert set(spec.space) >= {"coupling.caches", "train.batch", "sampler.steps"}
+        cfg, method = spec.trial_config(
+            {
+                "coupling.caches": 8,
+                "train.batch": 128,
+                "sampler.solver": "midpoint",
+                "sampler.steps": 2,
+            }
+        )
+        assert cfg.coupling.caches == 8 and cfg.train.batch == 128
+        assert method == "midpoint-2" and cfg.eval.methods == ("midpoint-2",)
+        assert spec.objectives == ("fid", "nfe") and spec.scheduler["kind"] == "asha"
+    cifar = load_spec("caches")
+    cfg, _ = cifar.trial_config({})
+    assert cfg.data.name == "cifar10" and cfg.train.workers == 4 and cfg.train.gpus_per_worker == 1
+
+
+def test_trial_config_applies_overrides_resources_and_params():
+    spec = spec_from_dict(SPEC, "t.yaml", storage="/tmp/x")
+    cfg, method = spec.trial_config(
+        {"coupling.caches": 4, "train.lr": 3e-3, "sampler.solver": "euler", "sampler.steps": 3}
+    )
+    assert (cfg.train.steps, cfg.eval.n, cfg.train.workers) == (300, 200, 1)
+    assert cfg.coupling.caches == 4 and cfg.train.lr == pytest.approx(3e-3)
+    assert method == "euler-3"
+    # unsearched sampler keys come from the base config's first eval method
+    assert spec.method_of({}) == load_config("digits").eval.methods[0]
+    assert spec.method_of({"sampler.solver": "dopri5", "sampler.steps": 3}) == "dopri5"
+    assert str(spec.dir) == "/tmp/x/t"
+
+
+def test_training_key_ignores_the_sampler_only():
+    spec = spec_from_dict(SPEC, "t.yaml")
+    base = {"coupling.caches": 1, "train.lr": 1e-3}
+    a, _ = spec.trial_config({**base, "sampler.solver": "euler", "sampler.steps": 1})
+    b, _ = spec.trial_config({**base, "sampler.solver": "midpoint", "sampler.steps": 4})
+    c, _ = spec.trial_config({**base, "coupling.caches": 4})
+    d, _ = spec.trial_config({**base, "train.lr": 2e-3})
+    assert training_key(a) == training_key(b)
+    assert len({training_key(a), training_key(c), training_key(d)}) == 3
+
+
+def test_pareto_front():
+    pts = [(10.0, 1), (8.0, 2), (9.0, 2), (8.0, 4), (5.0, 8), (5.0, 8), (12.0, 1)]
+    front = pareto_front(pts)
+    assert [pts[i] for i in front] == [(5.0, 8), (5.0, 8), (8.0, 2), (10.0, 1)]
+    assert pareto_front([]) == []
+
+
+def test_plot_sweep_draws_one_line_per_cache_count(tmp_path):
+    spec = spec_from_dict({**SPEC, "objective": ["fid", "nfe"]}, "t.yaml")
+    rows = [
+        {"status": "done", "coupling.caches": k, "nfe": n, "fid": 100.0 / n + k}
+        for k in (1, 4)
+        for n in (1, 2, 4)
+    ] + [{"status": "stopped", "coupling.caches": 8, "nfe": 1, "fid": 3.0}]
+    path = plot_sweep(spec, rows, tmp_path / "p.png")
+    assert path.is_file() and path.stat().st_size > 10_000
+
+
+def _bad(**changes):
+    spec = {**SPEC, **changes}
+    return {k: v for k, v in spec.items() if v is not None}
+
+
+BAD_SPECS = [
+    (_bad(colour="red"), "unknown field 'colour'"),
+    (_bad(space={"coupling.cashes": {"choice": [1, 2]}}), "unknown config key coupling.cashes"),
+    (_bad(space={"nope": {"choice": [1, 2]}}), "unknown config key nope"),
+    (_bad(space={"coupling.caches": {"choice": []}}), "choice must be a non-empty list"),
+    (_bad(space={"coupling.caches": {"int": [8, 1]}}), "low 8 must be below high 1"),
+    (_bad(space={"coupling.caches": {"int": [1.5, 4]}}), "int bounds must be integers"),
+    (_bad(space={"train.lr": {"loguniform": [0, 1e-2]}}), "log scale needs low > 0"),
+    (_bad(space={"train.lr": {"uniform": [0, 1]}}), "unknown field 'uniform'"),
+    (_bad(space={"coupling.caches": {"choice": [0, 2]}}), "coupling.caches must be at least 1"),
+    (_bad(space={"coupling.caches": 4}), "must be a mapping like"),
+    (_bad(space={}), "space must map at least one config key"),
+    (_bad(space={"eval.n": {"choice": [10, 20]}}), "evaluation settings are fixed"),
+    (_bad(space={"sampler.solver": {"choice": ["rk45"]}}), "unknown solver 'rk45'"),
+    (_bad(space={"sampler.order": {"choice": [1]}}), "the sampler keys are"),
+    (_bad(space={"train.workers": {"choice": [1, 2]}}), "resources are fixed per sweep"),
+    (_bad(base=None), "base must name a preset or YAML file"),
+    (_bad(base="cifar11"), "unknown preset 'cifar11'"),
+    (_bad(overrides={"train.stepz": 3}), "unknown config key train.stepz"),
+    (_bad(objective="energy"), "objective must start with 'fid'"),
+    (_bad(objective=["fid", "seconds"]), "objective is 'fid' or [fid, nfe]"),
+    (_bad(trials=0), "trials must be an integer >= 1"),
+    (_bad(concurrency="two"), "concurrency must be an integer >= 1"),
+    (_bad(resources={"gpus": 1}), "unknown resource 'gpus'"),
+    (_bad(scheduler={"kind": "asha"}), "set overrides eval.every > 0"),
+    (_bad(scheduler={"kind": "pbt"}), "scheduler is none or"),
+    (
+        _bad(
+            overrides={"train.steps": 300, "eval.every": 100},
+            scheduler={"kind": "asha", "grace_steps": 300},
+        ),
+        "grace_steps must be in 1..299",
+    ),
+    (_bad(sampler={"solver": "euler", "steps": 0}), "sampler.steps must be an integer >= 1"),
+    (_bad(name="a b"), "name must be letters"),
+]
+
+
+@pytest.mark.parametrize("raw,message", BAD_SPECS, ids=[m for _, m in BAD_SPECS])
+def test_bad_specs_fail_with_one_sentence_and_write_nothing(tmp_path, raw, message):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    storage = tmp_path / "out"
+    result = CliRunner().invoke(app, ["sweep", str(path), "--storage", str(storage)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "error:" in text and message in text
+    assert "Traceback" not in result.output
+    assert not storage.exists()
+
+
+def test_bad_files_and_names(tmp_path):
+    runner = CliRunner()
+    for target, message in (
+        (tmp_path / "missing.yaml", "does not exist; shipped specs are"),
+        ("no-such-sweep", "does not exist; shipped specs are"),
+    ):
+        out = runner.invoke(app, ["sweep", str(target), "--storage", str(tmp_path / "o")])
+        assert out.exit_code == 2 and message in " ".join(out.output.split())
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("space: [unclosed")
+    out = runner.invoke(app, ["sweep", str(broken), "--storage", str(tmp_path / "o")])
+    assert out.exit_code == 2 and "is not valid YAML" in out.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_sweep_dir_rules(tmp_path):
+    spec = spec_from_dict(SPEC, "t.yaml", storage=str(tmp_path))
+    with pytest.raises(SweepError, match="nothing to resume"):
+        prepare_sweep_dir(spec, resume=True)
+    assert prepare_sweep_dir(spec, resume=False) is False
+    spec.dir.mkdir()
+    (spec.dir / "stray.txt").write_text("x")
+    with pytest.raises(SweepError, match="not empty and holds no sweep"):
+        prepare_sweep_dir(spec, resume=False)
+    (spec.dir / "stray.txt").unlink()
+    (spec.dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict()))
+    with pytest.raises(SweepError, match="pass --resume to continue it"):
+        prepare_sweep_dir(spec, resume=False)
+    assert prepare_sweep_dir(spec, resume=True) is True
+    changed = spec_from_dict({**SPEC, "trials": 9}, "t.yaml", storage=str(tmp_path))
+    with pytest.raises(SweepError, match=r"another spec \(changed: trials\)"):
+        prepare_sweep_dir(changed, resume=True)
+    # the CLI says the same in one sentence, exit 2, and leaves the sweep as it was
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({**SPEC, "trials": 9}))
+    before = (spec.dir / "spec.yaml").read_text()
+    out = CliRunner().invoke(app, ["sweep", str(path), "--storage", str(tmp_path), "--resume"])
+    assert out.exit_code == 2 and "another spec" in out.output
+    assert (spec.dir / "spec.yaml").read_text() == before
+    assert sorted(p.name for p in spec.dir.iterdir()) == ["spec.yaml"]
