@@ -8,6 +8,7 @@ older checkpoints load with missing keys taken from today's defaults.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # what weights_only refuses
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read: it is not a torch file of tensors and plain "
+            "values, and loomray never unpickles anything else"
+        ) from err
     except Exception as err:  # torch raises many types for a bad file
-        raise CheckpointError(f"checkpoint {path} cannot be read: {err}") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read: {first}") from err
     if not isinstance(ckpt, dict) or "format" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path} is not a loomray checkpoint")
     ckpt["path"] = str(path)

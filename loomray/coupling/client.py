@@ -17,12 +17,15 @@ RETRIES = 20
 class ServiceNoise:
     """NoiseSource backed by the CouplingService actor."""
 
-    def __init__(self, service, rank: int, timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, service, rank: int, timeout_s: float = 300.0, node: str | None = None
+    ) -> None:
         self.service = service
         self.rank = rank
         self.timeout_s = timeout_s
         self.inflight: dict[int, tuple[object, np.ndarray, np.ndarray]] = {}
-        self.info: dict[str, float] = {}
+        # the first submission tells the service which node this rank runs on
+        self.info: dict[str, float | str] = {"node": node} if node else {}
         self.resubmits = 0
 
     def submit(self, step: int, rows: np.ndarray, x: np.ndarray) -> None:

@@ -185,6 +185,8 @@ class CouplingService:
         self.waits: collections.deque = collections.deque(maxlen=1000)
         self.loss: float | None = None
         self.solved = 0
+        self.submits: dict[int, int] = {}  # batches received per rank
+        self.nodes: dict[int, str] = {}  # the Ray node of each rank
         self.telemetry = _Telemetry(spec.run)
 
     # ---- the hot path -------------------------------------------------------
@@ -221,8 +223,11 @@ class CouplingService:
         return z
 
     def _record_info(self, rank: int, info: dict | None) -> None:
+        self.submits[rank] = self.submits.get(rank, 0) + 1
         if not info:
             return
+        if isinstance(info.get("node"), str):
+            self.nodes[rank] = info["node"]
         if "wait" in info:
             self.waits.append(float(info["wait"]))
             if self.telemetry.enabled:
@@ -381,6 +386,10 @@ class CouplingService:
             "restarts": self.restarts,
             "queue_depth": sum(1 for e in self.steps.values() if not e.event.is_set()),
             "loss": self.loss,
+            "workers": [
+                {"rank": r, "node": self.nodes.get(r), "batches": self.submits[r]}
+                for r in sorted(self.submits)
+            ],
         }
         if hist:
             window = hist[-100:]

@@ -1,0 +1,149 @@
+"""One table of bad inputs across the CLI: each ends with one sentence, exit code 2,
+no traceback, and leaves every existing file as it was (nothing written either).
+
+All of these are caught before Ray starts, so the table runs in seconds."""
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from loomray.checkpoint import save_checkpoint
+from loomray.config import dump_config, load_config
+from loomray.coupling import AssignmentTable
+
+
+class _Evil:
+    """A pickle that would create a file when unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file()
+        else "dir"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def _setup(tmp: Path) -> None:
+    """Files the cases point at (written before the snapshot of the tree)."""
+    (tmp / "bad.yaml").write_text("data: [unclosed")
+    (tmp / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 50)
+    torch.save({"weights": torch.zeros(2)}, tmp / "foreign.pt")
+    (tmp / "evil.pt").write_bytes(pickle.dumps(_Evil(tmp / "pwned")))
+    cfg = load_config("toy2d", ["train.steps=1"])
+    save_checkpoint(tmp / "noema.pt", {"format": 1, "config": cfg.to_dict(), "step": 0})
+    from loomray.models import build_model
+
+    ema = build_model(cfg).state_dict()
+    save_checkpoint(tmp / "toy.pt", {"format": 1, "config": cfg.to_dict(), "step": 0, "ema": ema})
+    table = AssignmentTable.create(rows=16, caches=2, seed=0)
+    table.save(tmp / "table.parquet")
+    data = (tmp / "table.parquet").read_bytes()
+    (tmp / "truncated.parquet").write_bytes(data[: len(data) // 2])
+    (tmp / "notparquet.parquet").write_text("rows,caches\n1,2\n")
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(tmp / "table.parquet")
+    seeds = t.column("cache_0").to_numpy().copy()
+    seeds[0] += 1
+    pq.write_table(t.set_column(0, "cache_0", [seeds]), tmp / "altered.parquet")
+    (tmp / "occupied").mkdir()
+    (tmp / "occupied" / "notes.txt").write_text("mine")
+    (tmp / "other-run").mkdir()
+    (tmp / "other-run" / "config.yaml").write_text(
+        dump_config(load_config("digits", ["train.lr=0.5"]))
+    )
+    (tmp / "empty-run").mkdir()
+    spec = {"base": "digits", "space": {"coupling.caches": {"choice": []}}}
+    (tmp / "emptychoice.yaml").write_text(yaml.safe_dump(spec))
+    spec = {"base": "digits", "space": {"coupling.caches": {"int": [4, 2]}}}
+    (tmp / "badbounds.yaml").write_text(yaml.safe_dump(spec))
+    spec = {"base": "digits", "space": {"coupling.nope": {"choice": [1]}}}
+    (tmp / "unknownkey.yaml").write_text(yaml.safe_dump(spec))
+    spec = {"base": "digits", "space": {"coupling.caches": {"choice": [1, 2]}}}
+    (tmp / "good.yaml").write_text(yaml.safe_dump(spec))
+    np.save(tmp / "stray.npy", np.zeros(3))
+
+
+CASES = [
+    # configs
+    ("train --config nope", "unknown preset 'nope'"),
+    ("train --config digits train.lr=-1", "train.lr must be positive"),
+    ("train --config digits train.lr2=1", "unknown config key train.lr2"),
+    ("train --config digits trainlr", "is not of the form section.key=value"),
+    ("train --config {tmp}/bad.yaml", "is not valid YAML"),
+    ("train --config {tmp}/list.yaml", "must be a mapping of sections"),
+    ("train --config {tmp}/missing.yaml", "does not exist"),
+    ("train --config digits train.batch=7 --workers 2", "not divisible by train.workers"),
+    ("config show --config digits model.kind=transformer", "model.kind must be one of"),
+    # sweep specs
+    ("sweep {tmp}/emptychoice.yaml --storage {tmp}/sw", "choice must be a non-empty list"),
+    ("sweep {tmp}/badbounds.yaml --storage {tmp}/sw", "low 4 must be below high 2"),
+    ("sweep {tmp}/unknownkey.yaml --storage {tmp}/sw", "unknown config key coupling.nope"),
+    ("sweep {tmp}/good.yaml --storage {tmp}/sw --resume", "nothing to resume"),
+    ("sweep {tmp}/nospec.yaml", "does not exist; shipped specs are"),
+    # CLI arguments
+    ("sample --ckpt {tmp}/toy.pt --n 0", "--n must be at least 1"),
+    ("sample --ckpt {tmp}/toy.pt --method euler-0", "unknown sampler 'euler-0'"),
+    ("evaluate --ckpt {tmp}/toy.pt --ref valid", "--ref must be train or test"),
+    ("evaluate --ckpt {tmp}/toy.pt --n 1", "--n must be at least 2"),
+    ("evaluate --ckpt {tmp}/toy.pt --methods rk45", "unknown sampler 'rk45'"),
+    ("bench coupling --caches 0", "--caches must be"),
+    # corrupt checkpoints
+    ("evaluate --ckpt {tmp}/garbage.pt", "cannot be read"),
+    ("sample --ckpt {tmp}/foreign.pt", "is not a loomray checkpoint"),
+    ("sample --ckpt {tmp}/evil.pt", "cannot be read"),
+    ("sample --ckpt {tmp}/noema.pt", "no usable EMA weights"),
+    ("sample --ckpt {tmp}/nothing-here", "does not exist"),
+    ("evaluate --ckpt {tmp}/empty-run", "no checkpoint found under"),
+    # corrupt tables
+    ("table {tmp}/truncated.parquet", "is not a readable Parquet file"),
+    ("table {tmp}/notparquet.parquet", "is not a readable Parquet file"),
+    ("table {tmp}/altered.parquet", "fails its checksum"),
+    ("table {tmp}/missing.parquet", "no assignment table at"),
+    ("table {tmp}/empty-run", "no checkpoint found under"),
+    # missing data
+    ("train --config cifar10 --cpu data.root={tmp}/nocifar", "CIFAR-10"),
+    ("train --config imagenet32 --cpu data.root={tmp}/noimagenet", "{tmp}/noimagenet"),
+    # run directories
+    ("train --config digits --run-dir {tmp}/occupied", "is not empty and holds no loomray run"),
+    ("train --config digits --run-dir {tmp}/other-run", "holds a run with another config"),
+    ("train --config digits --run-dir {tmp}/empty-run --resume", "nothing to resume"),
+]
+
+
+@pytest.mark.parametrize("command,message", CASES, ids=[c for c, _ in CASES])
+def test_bad_input(tmp_path, command, message):
+    _setup(tmp_path)
+    before = _tree(tmp_path)
+    args = command.format(tmp=tmp_path).split()
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # a default run dir (runs/<name>) would land here
+    try:
+        from loomray.cli import app
+
+        result = CliRunner().invoke(app, args)
+    finally:
+        os.chdir(cwd)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert text.count("error:") == 1, result.output
+    assert message.format(tmp=tmp_path) in text.split("error: ", 1)[1], result.output
+    assert "Traceback" not in result.output
+    assert _tree(tmp_path) == before  # nothing changed, nothing added
+    assert not (tmp_path / "pwned").exists()  # the pickle never ran

@@ -1,0 +1,104 @@
+"""Two Ray nodes on one machine (`ray start --head` + `ray start --address`, each with
+its own ports and one CPU); `loomray train --address` puts one worker on each, and
+the coupling service must serve both."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _ray(*args, env):
+    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    return subprocess.run([ray_bin, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    out = _ray("get-auth-token", "--generate", env=env)  # token auth stays on
+    assert out.returncode == 0, out.stderr
+    gcs, dash, client, *node_ports = _free_ports(11)
+    head = _ray(
+        "start",
+        "--head",
+        f"--port={gcs}",
+        "--num-cpus=1",
+        "--num-gpus=0",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--ray-client-server-port={client}",
+        f"--metrics-export-port={node_ports[0]}",
+        f"--dashboard-agent-listen-port={node_ports[1]}",
+        f"--dashboard-agent-grpc-port={node_ports[2]}",
+        f"--runtime-env-agent-port={node_ports[3]}",
+        "--disable-usage-stats",
+        env=env,
+    )
+    assert head.returncode == 0, head.stdout + head.stderr
+    try:
+        second = _ray(
+            "start",
+            f"--address=127.0.0.1:{gcs}",
+            "--num-cpus=1",
+            "--num-gpus=0",
+            f"--metrics-export-port={node_ports[4]}",
+            f"--dashboard-agent-listen-port={node_ports[5]}",
+            f"--dashboard-agent-grpc-port={node_ports[6]}",
+            f"--runtime-env-agent-port={node_ports[7]}",
+            "--disable-usage-stats",
+            env=env,
+        )
+        assert second.returncode == 0, second.stdout + second.stderr
+        yield f"127.0.0.1:{gcs}", env
+    finally:
+        _ray("stop", "--force", env=env)
+
+
+def test_train_spreads_over_two_nodes_and_the_service_serves_both(two_nodes, tmp_path):
+    address, env = two_nodes
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loomray",
+            "train",
+            "--config",
+            "digits",
+            "--address",
+            address,
+            "--run-dir",
+            str(tmp_path / "run"),
+            "train.workers=2",
+            "train.cpus_per_worker=1",
+            "train.steps=60",
+            "train.log_every=10",
+            "train.ckpt_every=30",
+            "eval.methods=[euler-1]",
+            "eval.n=200",
+        ],
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    text = " ".join(run.stdout.split())
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "trained digits to step 60" in text
+    # 2 CPUs in all, one per node, 1 CPU per worker: one rank per node
+    assert "the coupling service served 2 workers on 2 nodes" in text, text[-2000:]
+    assert "rank 0: " in text and "rank 1: " in text
+    assert (tmp_path / "run" / "train").is_dir()
