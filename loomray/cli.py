@@ -212,7 +212,10 @@ def train_cmd(
 
 @app.command("sweep")
 def sweep_cmd(
-    spec: str = typer.Argument(..., help="Sweep spec YAML (see sweeps/ and docs/sweeps.md)."),
+    spec: str = typer.Argument(
+        ...,
+        help="Sweep spec YAML, or a shipped spec by name (caches, caches-digits); docs/sweeps.md.",
+    ),
     storage: str = typer.Option(None, help="Where sweeps go (overrides the spec's storage)."),
     resume: bool = typer.Option(False, help="Continue the interrupted sweep of this spec."),
     address: str = typer.Option(
@@ -534,6 +537,53 @@ def bench_train_cmd(
         f"(per repeat {', '.join(f'{x:.3f}' for x in ratios)}); LOOM wait "
         f"{100 * np.mean(waits):.2f}% of step time"
     )
+
+
+@bench_app.command("loop")
+def bench_loop_cmd(
+    config: str = typer.Option("cifar10", "--config", "-c", help="Preset name or YAML path."),
+    overrides: list[str] = typer.Argument(None, help="section.key=value overrides."),
+    steps: int = typer.Option(50, help="Timed steps per mode."),
+    warmup: int = typer.Option(10, help="Untimed steps first."),
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+    out: str = typer.Option(None, help="Also write the table as JSON here."),
+) -> None:
+    """Steps/s of one training process (no Ray): independent, LOOM inline, LOOM overlapped."""
+    import json
+
+    import torch
+
+    from loomray.bench.loop import bench_loop
+    from loomray.data import DatasetError
+
+    if steps < 1 or warmup < 0:
+        fail(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    cfg = _config_or_fail(config, list(overrides or []))
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        with console.status(f"{cfg.name} on {dev}: {warmup} + {steps} steps per mode..."):
+            runs = bench_loop(cfg, dev, steps, warmup)
+    except DatasetError as err:
+        fail(str(err))
+    name = torch.cuda.get_device_name() if dev == "cuda" else "CPU"
+    table = Table(title=f"{cfg.name} on {name}, batch {cfg.train.batch}, {steps} timed steps")
+    for col in ("noise", "precision", "steps/s", "images/s", "blocked on noise", "vs independent"):
+        table.add_column(col, justify="right")
+    base = next(r for r in runs if r.mode == "independent").steps_per_s
+    for r in runs:
+        bf16 = dev == "cuda" and cfg.train.bf16 and r.mode != "independent-fp32"
+        table.add_row(
+            r.mode.removesuffix("-fp32"),
+            "bf16" if bf16 else "fp32",
+            f"{r.steps_per_s:.2f}",
+            f"{r.steps_per_s * cfg.train.batch:.0f}",
+            "in the step" if r.mode == "loom-inline" else f"{r.wait_ms:.2f} ms",
+            f"{r.steps_per_s / base:.3f}",
+        )
+    console.print(table)
+    if out:
+        rows = [{**r.__dict__, "device": name, "batch": cfg.train.batch} for r in runs]
+        Path(out).write_text(json.dumps(rows, indent=2))
 
 
 @bench_app.command("quality")

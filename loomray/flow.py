@@ -44,8 +44,12 @@ class EMA(nn.Module):
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for e, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            e.lerp_(p.detach(), 1.0 - self.decay)
+        # One multi-tensor kernel rather than a launch per tensor: on a GPU the
+        # training loop is bound by the CPU launching kernels.
+        ema, new = list(self.model.parameters()), list(model.parameters())
+        if len(ema) != len(new):
+            raise ValueError(f"EMA holds {len(ema)} parameters, the model {len(new)}")
+        torch._foreach_lerp_(ema, [p.detach() for p in new], 1.0 - self.decay)
         for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
             e.copy_(b)
 

@@ -42,6 +42,10 @@ def _setup(tmp: Path) -> None:
     """Files the cases point at (written before the snapshot of the tree)."""
     (tmp / "bad.yaml").write_text("data: [unclosed")
     (tmp / "list.yaml").write_text("- 1\n- 2\n")
+    # YAML that would run code under yaml.load; safe_load refuses the tag
+    evil = f"name: !!python/object/apply:pathlib.Path.touch [{tmp / 'pwned'}]\n"
+    (tmp / "evil.yaml").write_text(evil)
+    (tmp / "evilspec.yaml").write_text(evil + "base: digits\n")
     (tmp / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 50)
     torch.save({"weights": torch.zeros(2)}, tmp / "foreign.pt")
     (tmp / "evil.pt").write_bytes(pickle.dumps(_Evil(tmp / "pwned")))
@@ -88,6 +92,8 @@ CASES = [
     ("train --config digits trainlr", "is not of the form section.key=value"),
     ("train --config {tmp}/bad.yaml", "is not valid YAML"),
     ("train --config {tmp}/list.yaml", "must be a mapping of sections"),
+    ("train --config {tmp}/evil.yaml", "is not valid YAML"),
+    ("sweep {tmp}/evilspec.yaml", "is not valid YAML"),
     ("train --config {tmp}/missing.yaml", "does not exist"),
     ("train --config digits train.batch=7 --workers 2", "not divisible by train.workers"),
     ("config show --config digits model.kind=transformer", "model.kind must be one of"),

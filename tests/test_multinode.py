@@ -32,36 +32,33 @@ def two_nodes():
     out = _ray("get-auth-token", "--generate", env=env)  # token auth stays on
     assert out.returncode == 0, out.stderr
     gcs, dash, client, *node_ports = _free_ports(11)
+
+    def node(ports):
+        """What every node gets of its own: one CPU, no GPU, its own agent ports."""
+        metrics, listen, grpc, runtime_env = ports
+        return [
+            "--num-cpus=1",
+            "--num-gpus=0",
+            f"--metrics-export-port={metrics}",
+            f"--dashboard-agent-listen-port={listen}",
+            f"--dashboard-agent-grpc-port={grpc}",
+            f"--runtime-env-agent-port={runtime_env}",
+            "--disable-usage-stats",
+        ]
+
     head = _ray(
         "start",
         "--head",
         f"--port={gcs}",
-        "--num-cpus=1",
-        "--num-gpus=0",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
         f"--ray-client-server-port={client}",
-        f"--metrics-export-port={node_ports[0]}",
-        f"--dashboard-agent-listen-port={node_ports[1]}",
-        f"--dashboard-agent-grpc-port={node_ports[2]}",
-        f"--runtime-env-agent-port={node_ports[3]}",
-        "--disable-usage-stats",
+        *node(node_ports[0:4]),
         env=env,
     )
     assert head.returncode == 0, head.stdout + head.stderr
     try:
-        second = _ray(
-            "start",
-            f"--address=127.0.0.1:{gcs}",
-            "--num-cpus=1",
-            "--num-gpus=0",
-            f"--metrics-export-port={node_ports[4]}",
-            f"--dashboard-agent-listen-port={node_ports[5]}",
-            f"--dashboard-agent-grpc-port={node_ports[6]}",
-            f"--runtime-env-agent-port={node_ports[7]}",
-            "--disable-usage-stats",
-            env=env,
-        )
+        second = _ray("start", f"--address=127.0.0.1:{gcs}", *node(node_ports[4:8]), env=env)
         assert second.returncode == 0, second.stdout + second.stderr
         yield f"127.0.0.1:{gcs}", env
     finally:
