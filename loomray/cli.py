@@ -547,29 +547,40 @@ def bench_loop_cmd(
     warmup: int = typer.Option(10, help="Untimed steps first."),
     device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
     out: str = typer.Option(None, help="Also write the table as JSON here."),
+    modes: str = typer.Option(
+        "independent,loom-inline,loom-overlap,independent-fp32",
+        help="Comma-separated noise sources to time (fp32: the bf16 reference on CUDA).",
+    ),
 ) -> None:
     """Steps/s of one training process (no Ray): independent, LOOM inline, LOOM overlapped."""
     import json
 
     import torch
 
-    from loomray.bench.loop import bench_loop
+    from loomray.bench.loop import MODES, bench_loop
     from loomray.data import DatasetError
 
     if steps < 1 or warmup < 0:
         fail(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in MODES]
+    if unknown or not chosen:
+        fail(f"unknown --modes {', '.join(unknown) or '(none)'}; use {', '.join(MODES)}")
     cfg = _config_or_fail(config, list(overrides or []))
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         with console.status(f"{cfg.name} on {dev}: {warmup} + {steps} steps per mode..."):
-            runs = bench_loop(cfg, dev, steps, warmup)
+            runs = bench_loop(cfg, dev, steps, warmup, chosen)
     except DatasetError as err:
         fail(str(err))
     name = torch.cuda.get_device_name() if dev == "cuda" else "CPU"
-    table = Table(title=f"{cfg.name} on {name}, batch {cfg.train.batch}, {steps} timed steps")
+    compiled = ", torch.compile" if cfg.train.compile else ""
+    table = Table(
+        title=f"{cfg.name} on {name}, batch {cfg.train.batch}, {steps} timed steps{compiled}"
+    )
     for col in ("noise", "precision", "steps/s", "images/s", "blocked on noise", "vs independent"):
         table.add_column(col, justify="right")
-    base = next(r for r in runs if r.mode == "independent").steps_per_s
+    base = next((r.steps_per_s for r in runs if r.mode == "independent"), runs[0].steps_per_s)
     for r in runs:
         bf16 = dev == "cuda" and cfg.train.bf16 and r.mode != "independent-fp32"
         table.add_row(

@@ -96,6 +96,9 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     bf16: bool = True
     """bf16 autocast on GPUs (ignored on CPU)."""
+    compile: bool = False
+    """torch.compile the network's training forward and backward (the first steps
+    compile; on a GPU the eager loop is bound by kernel launches)."""
     max_failures: int = 3
     """Worker-group restarts (from the latest checkpoint) before the run fails."""
     log_every: int = 50

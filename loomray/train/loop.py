@@ -166,6 +166,8 @@ def train_steps(
             noise.submit(item[0], item[1], item[2].numpy())
             ahead.append(item)
 
+    # Compiled or not, the weights are state.model's: checkpoints and EMA are unchanged.
+    net = torch.compile(state.model) if cfg.train.compile else state.model
     state.model.train()
     top_up(1 + cfg.coupling.prefetch)
     while ahead:
@@ -182,7 +184,7 @@ def train_steps(
             x = x.contiguous(memory_format=torch.channels_last)
             z = z.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = cfm_loss(state.model, x, z, cfg.train.sigma)
+            loss = cfm_loss(net, x, z, cfg.train.sigma)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(state.model.parameters(), cfg.train.grad_clip)
