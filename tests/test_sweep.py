@@ -195,3 +195,12 @@ def test_sweep_dir_rules(tmp_path):
     assert out.exit_code == 2 and "another spec" in out.output
     assert (spec.dir / "spec.yaml").read_text() == before
     assert sorted(p.name for p in spec.dir.iterdir()) == ["spec.yaml"]
+
+
+def test_toy2d_sweeps_energy_distance():
+    spec = spec_from_dict(
+        {"base": "toy2d", "space": {"coupling.caches": {"choice": [1, 2]}}}, "toy.yaml"
+    )
+    assert spec.objectives == ("energy",) and spec.metric == "energy"
+    with pytest.raises(SweepError, match="objective must start with 'energy'"):
+        spec_from_dict({"base": "toy2d", "space": SPEC["space"], "objective": "fid"}, "toy.yaml")
