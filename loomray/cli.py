@@ -48,6 +48,11 @@ def _show_dashboard(url: str) -> None:
     )
 
 
+def _node_count(stats: dict) -> int:
+    """How many Ray nodes the ranks a coupling service serves run on."""
+    return len({w["node"] for w in stats.get("workers", []) if w["node"]})
+
+
 def _config_or_fail(config: str, overrides: list[str]):
     from loomray.config import ConfigError, load_config
 
@@ -197,10 +202,10 @@ def train_cmd(
             f"per solve, solve {s['solve_ms']:.1f} ms, worker wait {s.get('wait_ms', 0):.1f} ms"
         )
     if s.get("workers"):
-        nodes = {w["node"] for w in s["workers"] if w["node"]}
+        nodes = _node_count(s)
         console.print(
-            f"the coupling service served {len(s['workers'])} workers on {len(nodes)} "
-            f"node{'s' if len(nodes) != 1 else ''} ("
+            f"the coupling service served {len(s['workers'])} workers on {nodes} "
+            f"node{'s' if nodes != 1 else ''} ("
             + ", ".join(f"rank {w['rank']}: {w['batches']} batches" for w in s["workers"])
             + ")"
         )
@@ -376,8 +381,7 @@ def status_cmd(
             ("queue depth", str(s["queue_depth"])),
             (
                 "workers (nodes)",
-                f"{len(s.get('workers', []))} "
-                f"({len({w['node'] for w in s.get('workers', []) if w['node']})} nodes)",
+                f"{len(s.get('workers', []))} ({_node_count(s)} nodes)",
             ),
             ("service restarts", str(s["restarts"])),
         ]
@@ -548,8 +552,9 @@ def bench_loop_cmd(
     device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
     out: str = typer.Option(None, help="Also write the table as JSON here."),
     modes: str = typer.Option(
-        "independent,loom-inline,loom-overlap,independent-fp32",
-        help="Comma-separated noise sources to time (fp32: the bf16 reference on CUDA).",
+        None,
+        help="Comma-separated noise sources to time: independent, loom-inline, loom-overlap, "
+        "independent-fp32 (the bf16 reference on CUDA). Default: all.",
     ),
 ) -> None:
     """Steps/s of one training process (no Ray): independent, LOOM inline, LOOM overlapped."""
@@ -562,7 +567,7 @@ def bench_loop_cmd(
 
     if steps < 1 or warmup < 0:
         fail(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
-    chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    chosen = [m.strip() for m in modes.split(",") if m.strip()] if modes else list(MODES)
     unknown = [m for m in chosen if m not in MODES]
     if unknown or not chosen:
         fail(f"unknown --modes {', '.join(unknown) or '(none)'}; use {', '.join(MODES)}")
@@ -582,10 +587,9 @@ def bench_loop_cmd(
         table.add_column(col, justify="right")
     base = next((r.steps_per_s for r in runs if r.mode == "independent"), runs[0].steps_per_s)
     for r in runs:
-        bf16 = dev == "cuda" and cfg.train.bf16 and r.mode != "independent-fp32"
         table.add_row(
             r.mode.removesuffix("-fp32"),
-            "bf16" if bf16 else "fp32",
+            "bf16" if r.bf16 else "fp32",
             f"{r.steps_per_s:.2f}",
             f"{r.steps_per_s * cfg.train.batch:.0f}",
             "in the step" if r.mode == "loom-inline" else f"{r.wait_ms:.2f} ms",

@@ -42,7 +42,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +185,11 @@ class SweepSpec:
     scheduler: dict[str, Any] | None
     storage: Path
     source: str = ""
-    metric: str = field(init=False, default="fid")
 
-    def __post_init__(self) -> None:
-        self.metric = self.objectives[0]
+    @property
+    def metric(self) -> str:
+        """The score (fid, or energy on toy2d): the first objective."""
+        return self.objectives[0]
 
     @property
     def dir(self) -> Path:
@@ -607,16 +608,14 @@ def prepare_sweep_dir(spec: SweepSpec, resume: bool) -> bool:
     d = spec.dir
     spec_path = d / "spec.yaml"
     if spec_path.is_file():
-        old = yaml.safe_load(spec_path.read_text())
+        old, new = yaml.safe_load(spec_path.read_text()), spec.to_dict()
         if not resume:
             raise SweepError(
                 f"{d} holds sweep {spec.name} already; pass --resume to continue it, "
                 "or --storage DIR for a new one"
             )
-        if old != spec.to_dict():
-            changed = sorted(
-                k for k in set(old) | set(spec.to_dict()) if old.get(k) != spec.to_dict().get(k)
-            )
+        if old != new:
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise SweepError(
                 f"{d} holds sweep {spec.name} with another spec (changed: {', '.join(changed)}); "
                 "resume it with its own spec, or pass --storage DIR for a new sweep"
@@ -702,10 +701,8 @@ def run_sweep(
             str(tune_dir), trainable, resume_unfinished=True, resume_errored=True
         )
     else:
-        steps = max(
-            [cfg.train.steps]
-            + [int(v) for v in spec.space.get("train.steps", Domain("", "choice")).edges()]
-        )
+        searched = spec.space.get("train.steps")
+        steps = max([cfg.train.steps, *(int(v) for v in (searched.edges() if searched else ()))])
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -729,7 +726,7 @@ def _trial_rows(spec: SweepSpec, grid) -> list[dict[str, Any]]:
     rows = []
     for result in grid:
         m = result.metrics or {}
-        params = {k: v for k, v in (result.config or m.get("config") or {}).items()}
+        params = dict(result.config or m.get("config") or {})
         if "trial_id" not in m or not params:
             continue  # suggested but never started (an interrupted sweep); resume runs it
         if "trained" in m:  # the trial's own last report
@@ -767,7 +764,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def plot_sweep(spec: SweepSpec, rows: list[dict[str, Any]], path: Path) -> Path:
-    """FID against NFE, one line per cache count (best score per NFE)."""
+    """FID against NFE, one line per cache count (best score per NFE), and the rows
+    marked ``pareto`` (by ``summarize``) as the Pareto front."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -783,9 +781,8 @@ def plot_sweep(spec: SweepSpec, rows: list[dict[str, Any]], path: Path) -> Path:
     for caches in sorted(groups, key=str):
         pts = sorted(groups[caches].items())
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"K={caches}")
-    if spec.multi and done:
-        pts = [(r["nfe"], r[spec.metric]) for r in done]
-        front = [pts[i] for i in pareto_front(pts)]
+    front = sorted((r["nfe"], r[spec.metric]) for r in done if r.get("pareto"))
+    if front:
         ax.step(
             [p[0] for p in front],
             [p[1] for p in front],

@@ -51,6 +51,8 @@ class ThreadedNoise:
 @dataclass
 class LoopBenchRun:
     mode: str
+    bf16: bool
+    """bf16 autocast was on (CUDA only)."""
     steps_per_s: float
     wait_ms: float
     """Mean time a step blocked on its noise."""
@@ -84,6 +86,7 @@ def _run(cfg: Config, mode: str, device: torch.device, steps: int, warmup: int) 
         noise.close()
     return LoopBenchRun(
         mode,
+        device.type == "cuda" and cfg.train.bf16,
         steps / seconds,
         1e3 * float(np.mean([log.wait for log in history.logs])),
         float(np.mean(history.losses[-10:])),
