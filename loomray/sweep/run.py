@@ -1,0 +1,132 @@
+"""Running a sweep: the sweep dir, the Optuna searcher, the ASHA scheduler and the Tuner."""
+
+from __future__ import annotations
+
+import time
+
+import yaml
+
+from loomray.sweep.spec import SweepError, SweepSpec
+from loomray.sweep.summary import SweepResult, summarize
+from loomray.sweep.trial import run_trial
+
+TRIAL_MEMORY = 512 * 2**20  # bytes reserved by a trial's coordinating function
+
+
+def prepare_sweep_dir(spec: SweepSpec, resume: bool) -> bool:
+    """Check the sweep dir before anything runs; True when it holds this sweep."""
+    d = spec.dir
+    spec_path = d / "spec.yaml"
+    if spec_path.is_file():
+        old, new = yaml.safe_load(spec_path.read_text()), spec.to_dict()
+        if not resume:
+            raise SweepError(
+                f"{d} holds sweep {spec.name} already; pass --resume to continue it, "
+                "or --storage DIR for a new one"
+            )
+        if old != new:
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise SweepError(
+                f"{d} holds sweep {spec.name} with another spec (changed: {', '.join(changed)}); "
+                "resume it with its own spec, or pass --storage DIR for a new sweep"
+            )
+        return True
+    if resume:
+        raise SweepError(f"nothing to resume: {d} holds no sweep")
+    if d.exists() and any(d.iterdir()):
+        raise SweepError(f"{d} is not empty and holds no sweep; pass another --storage")
+    return False
+
+
+def _searcher(spec: SweepSpec):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(spec.dir / "optuna.journal")))
+    return OptunaSearch(
+        space={k: d.optuna() for k, d in spec.space.items()},
+        metric=list(spec.objectives) if spec.multi else spec.metric,
+        mode=["min"] * len(spec.objectives) if spec.multi else "min",
+        study_name=spec.name,
+        storage=storage,
+        seed=spec.seed,
+    )
+
+
+def _scheduler(spec: SweepSpec, steps: int):
+    if spec.scheduler is None:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="step",
+        metric=spec.metric,
+        mode="min",
+        # Rungs strictly below the last step: stopping a trial that has finished
+        # training would only lose its final score.
+        max_t=max(1, steps - 1),
+        grace_period=spec.scheduler["grace_steps"],
+        reduction_factor=spec.scheduler["reduction_factor"],
+        stop_last_trials=False,  # a trial that trained to the end still records its score
+    )
+
+
+def run_sweep(
+    spec: SweepSpec,
+    resume: bool = False,
+    address: str | None = None,
+    quiet: bool = True,
+    verbose: int = 1,
+    on_dashboard=None,
+    dashboard_host: str = "127.0.0.1",
+) -> SweepResult:
+    """Run (or resume) a sweep and write its table, best config and plot."""
+    from ray import tune
+
+    from loomray.data import build_dataset
+    from loomray.train.launch import check_resources, connect
+
+    resumed = prepare_sweep_dir(spec, resume)
+    cfg, _ = spec.trial_config({})  # every trial has the spec's resources
+    build_dataset(cfg)  # missing data fails here, not in every trial
+    url = connect(address, quiet=quiet, dashboard_host=dashboard_host)
+    if url and on_dashboard is not None:
+        on_dashboard(url)
+    check_resources(cfg)
+    spec.dir.mkdir(parents=True, exist_ok=True)
+    if not resumed:
+        (spec.dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    # The trial function only coordinates: training runs in Train workers and scoring
+    # in a task, each with the trial's resources, so it reserves memory and no CPU.
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec=spec), {"cpu": 0, "memory": TRIAL_MEMORY}
+    )
+    started = time.time()
+    tune_dir = spec.dir / "tune"
+    if resumed and tune.Tuner.can_restore(str(tune_dir)):
+        tuner = tune.Tuner.restore(
+            str(tune_dir), trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        searched = spec.space.get("train.steps")
+        steps = max([cfg.train.steps, *(int(v) for v in (searched.edges() if searched else ()))])
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(spec),
+                scheduler=_scheduler(spec, steps),
+                num_samples=spec.trials,
+                max_concurrent_trials=spec.concurrency,
+            ),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=str(spec.dir),
+                verbose=verbose,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+    grid = tuner.fit()
+    return summarize(spec, grid, time.time() - started)

@@ -1,0 +1,465 @@
+"""Sweep specs: the searched domains, the spec itself and its validation.
+
+Everything here checks a spec before anything starts or is written; every
+problem is a `SweepError` whose message names the key and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loomray.config import Config, ConfigError, load_config_values
+from loomray.sampling import FIXED_SOLVERS, parse_method
+
+SPEC_KEYS = (
+    "name",
+    "base",
+    "overrides",
+    "space",
+    "sampler",
+    "objective",
+    "trials",
+    "concurrency",
+    "seed",
+    "resources",
+    "scheduler",
+    "storage",
+)
+SAMPLER_KEYS = ("sampler.solver", "sampler.steps")
+DOMAINS = ("choice", "int", "float", "loguniform")
+RESOURCES = {
+    "workers": "train.workers",
+    "cpus_per_worker": "train.cpus_per_worker",
+    "gpus_per_worker": "train.gpus_per_worker",
+}
+DEFAULT_STORAGE = "runs/sweeps"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SweepError(ValueError):
+    """A sweep spec or request is wrong; the message says how to fix it."""
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise SweepError(message)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One searched key: ``{choice: [...]}``, ``{int: [lo, hi]}``, ``{float: [lo, hi]}``
+    or ``{loguniform: [lo, hi]}`` (``log: true`` also works for int and float)."""
+
+    key: str
+    kind: str
+    values: tuple = ()
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+
+    @classmethod
+    def parse(cls, key: str, raw: Any) -> Domain:
+        where = f"space {key}"
+        _need(
+            isinstance(raw, dict),
+            f"{where} must be a mapping like {{choice: [1, 2, 4]}} or {{int: [1, 8]}}, got {raw!r}",
+        )
+        kinds = [k for k in raw if k in DOMAINS]
+        extra = sorted(set(raw) - set(DOMAINS) - {"log"})
+        _need(
+            not extra,
+            f"{where} has unknown field {extra[0] if extra else ''!r}; "
+            f"use one of {', '.join(DOMAINS)} (and log)",
+        )
+        _need(len(kinds) == 1, f"{where} needs exactly one of {', '.join(DOMAINS)}")
+        kind, body = kinds[0], raw[kinds[0]]
+        log = raw.get("log", False)
+        _need(isinstance(log, bool), f"{where}: log must be true or false")
+        if kind == "choice":
+            _need(
+                isinstance(body, list) and len(body) > 0,
+                f"{where}: choice must be a non-empty list",
+            )
+            _need(not log, f"{where}: log does not apply to choice")
+            ok = all(v is None or isinstance(v, (bool, int, float, str)) for v in body)
+            _need(ok, f"{where}: choice values must be numbers, strings or booleans")
+            _need(len(set(map(repr, body))) == len(body), f"{where}: choice has repeated values")
+            return cls(key, kind, tuple(body))
+        _need(
+            isinstance(body, list) and len(body) == 2 and all(_is_num(v) for v in body),
+            f"{where}: {kind} must be [low, high] numbers, got {body!r}",
+        )
+        low, high = body
+        _need(low < high, f"{where}: low {low} must be below high {high}")
+        if kind == "int":
+            _need(_is_int(low) and _is_int(high), f"{where}: int bounds must be integers")
+        if kind == "loguniform":
+            kind, log = "float", True
+        if log:
+            _need(low > 0, f"{where}: a log scale needs low > 0, got {low}")
+        return cls(key, kind, (), low, high, log)
+
+    def edges(self) -> tuple:
+        """Values every trial config must accept: each choice, or both bounds."""
+        return self.values if self.kind == "choice" else (self.low, self.high)
+
+    def optuna(self):
+        import optuna.distributions as d
+
+        if self.kind == "choice":
+            return d.CategoricalDistribution(list(self.values))
+        if self.kind == "int":
+            return d.IntDistribution(int(self.low), int(self.high), log=self.log)
+        return d.FloatDistribution(float(self.low), float(self.high), log=self.log)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "choice":
+            return {"choice": list(self.values)}
+        out: dict[str, Any] = {self.kind: [self.low, self.high]}
+        if self.log:
+            out["log"] = True
+        return out
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    base: str
+    overrides: dict[str, Any]
+    space: dict[str, Domain]
+    sampler: dict[str, Any]
+    objectives: tuple[str, ...]
+    trials: int
+    concurrency: int
+    seed: int
+    resources: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    storage: Path
+    source: str = ""
+
+    @property
+    def metric(self) -> str:
+        """The score (fid, or energy on toy2d): the first objective."""
+        return self.objectives[0]
+
+    @property
+    def dir(self) -> Path:
+        return self.storage / self.name
+
+    @property
+    def multi(self) -> bool:
+        return len(self.objectives) > 1
+
+    def method_of(self, params: dict[str, Any]) -> str:
+        solver = params.get("sampler.solver", self.sampler["solver"])
+        steps = params.get("sampler.steps", self.sampler["steps"])
+        return parse_method(solver if solver == "dopri5" else f"{solver}-{int(steps)}").name
+
+    def trial_config(self, params: dict[str, Any]) -> tuple[Config, str]:
+        """The full config a trial trains (evaluated at its sampler) and that sampler."""
+        method = self.method_of(params)
+        values = dict(self.overrides)
+        values.update({RESOURCES[k]: v for k, v in self.resources.items()})
+        values.update({k: v for k, v in params.items() if k not in SAMPLER_KEYS})
+        values["eval.methods"] = [method]
+        return load_config_values(self.base, values), method
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "base": self.base,
+            "overrides": dict(self.overrides),
+            "space": {k: d.to_dict() for k, d in self.space.items()},
+            "sampler": dict(self.sampler),
+            "objective": list(self.objectives) if self.multi else self.metric,
+            "trials": self.trials,
+            "concurrency": self.concurrency,
+            "seed": self.seed,
+            "resources": dict(self.resources),
+            "scheduler": dict(self.scheduler) if self.scheduler else None,
+        }
+
+
+def metric_of(cfg: Config) -> str:
+    """The quality metric a config is scored with (see loomray.evaluate)."""
+    return "energy" if cfg.data.name == "toy2d" else "fid"
+
+
+def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+def _check_fields(raw: Any, source: str) -> None:
+    _need(isinstance(raw, dict), f"{source} must be a mapping of sweep fields")
+    unknown = sorted(set(raw) - set(SPEC_KEYS))
+    _need(
+        not unknown,
+        f"{source}: unknown field {unknown[0] if unknown else ''!r}; "
+        f"a sweep spec has {', '.join(SPEC_KEYS)}",
+    )
+
+
+def _parse_name(raw: dict[str, Any], source: str) -> str:
+    default_name = Path(source).stem if source.endswith((".yaml", ".yml")) else "sweep"
+    name = raw.get("name", default_name)
+    _need(
+        isinstance(name, str) and bool(_NAME.match(name)),
+        f"{source}: name must be letters, digits, '.', '_' or '-', got {name!r}",
+    )
+    return name
+
+
+def _parse_base(raw: dict[str, Any], source: str) -> str:
+    base = raw.get("base")
+    _need(isinstance(base, str) and bool(base), f"{source}: base must name a preset or YAML file")
+    if not Path(base).is_absolute() and source.endswith((".yaml", ".yml")):
+        beside = Path(source).parent / base  # a base YAML next to the spec
+        base = str(beside) if beside.is_file() else base
+    return base
+
+
+def _parse_overrides(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    overrides = raw.get("overrides") or {}
+    _need(isinstance(overrides, dict), f"{source}: overrides must be a mapping of config keys")
+    return _flatten(overrides)
+
+
+def _parse_resources(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    resources = raw.get("resources") or {}
+    _need(isinstance(resources, dict), f"{source}: resources must be a mapping")
+    bad = sorted(set(resources) - set(RESOURCES))
+    _need(
+        not bad, f"{source}: unknown resource {bad[0] if bad else ''!r}; use {', '.join(RESOURCES)}"
+    )
+    return resources
+
+
+def _config_with(
+    base: str,
+    overrides: dict[str, Any],
+    resources: dict[str, Any],
+    values: dict[str, Any],
+    where: str,
+) -> Config:
+    try:
+        merged = {**overrides, **{RESOURCES[k]: v for k, v in resources.items()}, **values}
+        return load_config_values(base, merged)
+    except ConfigError as err:
+        raise SweepError(f"{where}: {err}") from err
+
+
+def _parse_sampler(raw: dict[str, Any], source: str, cfg: Config) -> dict[str, Any]:
+    first = parse_method(cfg.eval.methods[0])
+    sampler = {"solver": first.solver, "steps": first.steps or 1}
+    given = raw.get("sampler") or {}
+    _need(
+        isinstance(given, dict) and set(given) <= {"solver", "steps"},
+        f"{source}: sampler must be a mapping with solver and steps",
+    )
+    sampler.update(given)
+    _need(
+        sampler["solver"] in (*FIXED_SOLVERS, "dopri5"),
+        f"{source}: sampler.solver must be one of {', '.join((*FIXED_SOLVERS, 'dopri5'))}, "
+        f"got {sampler['solver']!r}",
+    )
+    _need(
+        _is_int(sampler["steps"]) and sampler["steps"] >= 1,
+        f"{source}: sampler.steps must be an integer >= 1, got {sampler['steps']!r}",
+    )
+    return sampler
+
+
+def _check_domain(key: str, domain: Domain, config_with: Callable[..., Config]) -> None:
+    """One searched key: a sampler key, or a config key every edge value of which loads."""
+    if key == "sampler.solver":
+        _need(domain.kind == "choice", "space sampler.solver must be a choice")
+        for v in domain.values:
+            _need(
+                v in (*FIXED_SOLVERS, "dopri5"),
+                f"space sampler.solver: unknown solver {v!r}; use "
+                f"{', '.join((*FIXED_SOLVERS, 'dopri5'))}",
+            )
+    elif key == "sampler.steps":
+        _need(domain.kind in ("int", "choice"), "space sampler.steps must be int or choice")
+        _need(
+            all(_is_int(v) and v >= 1 for v in domain.edges()),
+            "space sampler.steps values must be integers >= 1",
+        )
+    elif key.startswith("sampler."):
+        raise SweepError(f"space {key}: the sampler keys are {', '.join(SAMPLER_KEYS)}")
+    elif key.startswith("eval."):
+        raise SweepError(
+            f"space {key}: evaluation settings are fixed across trials so scores compare; "
+            "search the sampler with sampler.solver and sampler.steps"
+        )
+    elif key in RESOURCES.values():
+        raise SweepError(f"space {key}: resources are fixed per sweep (resources:)")
+    else:
+        for value in domain.edges():
+            config_with({key: value}, f"space {key}={value!r}")
+
+
+def _parse_space(
+    raw: dict[str, Any], source: str, config_with: Callable[..., Config]
+) -> dict[str, Domain]:
+    space_raw = raw.get("space")
+    _need(
+        isinstance(space_raw, dict) and bool(space_raw),
+        f"{source}: space must map at least one config key to a domain",
+    )
+    space = {}
+    for key, body in space_raw.items():
+        _need(isinstance(key, str), f"{source}: space keys must be strings, got {key!r}")
+        domain = Domain.parse(key, body)
+        _check_domain(key, domain, config_with)
+        space[key] = domain
+    return space
+
+
+def _parse_objectives(raw: dict[str, Any], source: str, cfg: Config) -> tuple[str, ...]:
+    objective = raw.get("objective", metric_of(cfg))
+    objectives = tuple(objective) if isinstance(objective, list) else (objective,)
+    metric = metric_of(cfg)
+    _need(
+        objectives[0] == metric,
+        f"{source}: objective must start with {metric!r}, the metric of {cfg.data.name} "
+        f"(got {objectives[0]!r})",
+    )
+    _need(
+        objectives in ((metric,), (metric, "nfe")),
+        f"{source}: objective is {metric!r} or [{metric}, nfe], got {objective!r}",
+    )
+    return objectives
+
+
+def _count(raw: dict[str, Any], source: str, key: str, default: int, low: int) -> int:
+    v = raw.get(key, default)
+    _need(_is_int(v) and v >= low, f"{source}: {key} must be an integer >= {low}, got {v!r}")
+    return v
+
+
+def _parse_scheduler(raw: dict[str, Any], source: str, cfg: Config) -> dict[str, Any] | None:
+    scheduler = raw.get("scheduler")
+    if scheduler in (None, "none", "fifo"):
+        return None
+    _need(
+        isinstance(scheduler, dict) and scheduler.get("kind") == "asha",
+        f"{source}: scheduler is none or {{kind: asha, grace_steps: N}}, got {scheduler!r}",
+    )
+    bad = sorted(set(scheduler) - {"kind", "grace_steps", "reduction_factor"})
+    _need(not bad, f"{source}: unknown scheduler field {bad[0] if bad else ''!r}")
+    scheduler = {
+        "kind": "asha",
+        "grace_steps": scheduler.get("grace_steps", cfg.eval.every),
+        "reduction_factor": scheduler.get("reduction_factor", 2),
+    }
+    _need(
+        cfg.eval.every > 0,
+        f"{source}: the asha scheduler stops trials on the FID measured while training; "
+        "set overrides eval.every > 0",
+    )
+    g, rf = scheduler["grace_steps"], scheduler["reduction_factor"]
+    _need(
+        _is_int(g) and 1 <= g < cfg.train.steps,
+        f"{source}: scheduler grace_steps must be in 1..{cfg.train.steps - 1}, got {g!r}",
+    )
+    _need(
+        _is_num(rf) and rf > 1, f"{source}: scheduler reduction_factor must be > 1, got {rf!r}"
+    )
+    return scheduler
+
+
+def _parse_storage(raw: dict[str, Any], source: str, storage: str | None) -> str:
+    store = storage if storage is not None else raw.get("storage", DEFAULT_STORAGE)
+    _need(isinstance(store, str) and bool(store), f"{source}: storage must be a directory path")
+    return store
+
+
+def spec_from_dict(raw: Any, source: str = "spec", storage: str | None = None) -> SweepSpec:
+    """Validate a sweep spec; every problem is one sentence naming the key."""
+    _check_fields(raw, source)
+    name = _parse_name(raw, source)
+    base = _parse_base(raw, source)
+    overrides = _parse_overrides(raw, source)
+    resources = _parse_resources(raw, source)
+    config_with = partial(_config_with, base, overrides, resources)
+    cfg = config_with({}, f"{source} base {base}")
+    sampler = _parse_sampler(raw, source, cfg)
+    space = _parse_space(raw, source, config_with)
+    objectives = _parse_objectives(raw, source, cfg)
+    trials, concurrency, seed = (
+        _count(raw, source, "trials", 8, 1),
+        _count(raw, source, "concurrency", 1, 1),
+        _count(raw, source, "seed", 0, 0),
+    )
+    scheduler = _parse_scheduler(raw, source, cfg)
+    store = _parse_storage(raw, source, storage)
+    return SweepSpec(
+        name=name,
+        base=base,
+        overrides=overrides,
+        space=space,
+        sampler=sampler,
+        objectives=objectives,
+        trials=trials,
+        concurrency=concurrency,
+        seed=seed,
+        resources=dict(resources),
+        scheduler=scheduler,
+        # absolute now: trials run in Tune's own working directories
+        storage=Path(store).expanduser().resolve(),
+        source=source,
+    )
+
+
+def shipped_specs() -> list[str]:
+    """The sweep specs that ship with loomray (also in the repository's sweeps/)."""
+    from importlib import resources
+
+    folder = resources.files("loomray.sweeps")
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def load_spec(path: str | Path, storage: str | None = None) -> SweepSpec:
+    """A spec file, or the name of a shipped spec (``caches``, ``caches-digits``)."""
+    from importlib import resources
+
+    source = str(path)
+    if Path(source).is_file():
+        text = Path(source).read_text()
+    elif source in shipped_specs():
+        text = resources.files("loomray.sweeps").joinpath(f"{source}.yaml").read_text()
+        source = f"{source}.yaml"
+    else:
+        raise SweepError(
+            f"sweep spec {source} does not exist; shipped specs are {', '.join(shipped_specs())}"
+        )
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SweepError(f"sweep spec {source} is not valid YAML: {err}") from err
+    return spec_from_dict(raw, source, storage)

@@ -1,0 +1,124 @@
+"""One trial: the Tune function trainable that trains (or reuses) a model and scores it.
+
+``run_trial`` stays a module-level function: Ray Tune pickles it by reference
+(``tune.with_parameters(run_trial, spec=spec)``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from loomray.config import Config
+from loomray.sweep.reuse import _locked, _read_json, _write_json, training_key
+from loomray.sweep.spec import SweepSpec
+
+
+def _make_report_callback(metric: str, method: str):
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class SweepReport(TuneReportCallback):
+        """Forwards the training reports that carry this trial's score, renamed, to Tune
+        (ASHA reads them); reports without a score would fail Tune's metric check."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            m = metrics[0]
+            if f"{metric}/{method}" not in m:
+                return
+            out = {metric: m[f"{metric}/{method}"], "nfe": m[f"nfe/{method}"], "step": m["step"]}
+            super().after_report(run_context, [out], None)
+
+    return SweepReport()
+
+
+def _evaluate_checkpoint(checkpoint: str, method: str, n: int, threads: int) -> dict[str, Any]:
+    """Score one sampler of a trained checkpoint (runs as a Ray task with worker resources)."""
+    import torch
+
+    from loomray.checkpoint import ema_model_of, load_checkpoint
+    from loomray.evaluate import evaluate_model, make_evaluator
+
+    torch.set_num_threads(max(1, threads))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    payload = load_checkpoint(checkpoint)
+    cfg, model = ema_model_of(payload)
+    evaluator = make_evaluator(cfg, "train", None, device)
+    row = evaluate_model(model, cfg, [method], n, evaluator, device)[0]
+    return {
+        "value": row.value,
+        "nfe": row.nfe,
+        "step": int(payload["step"]),
+        "seconds": row.seconds,
+    }
+
+
+def _train_model(cfg: Config, method: str, model_dir: Path, metric: str) -> dict[str, Any]:
+    from loomray.checkpoint import resolve_checkpoint
+    from loomray.train.launch import launch
+    from loomray.train.worker import CHECKPOINT_FILE
+
+    result = launch(
+        cfg,
+        model_dir,
+        resume=(model_dir / "config.yaml").is_file(),  # an interrupted trial's run goes on
+        progress=False,
+        quiet=True,
+        callbacks=[_make_report_callback(metric, method)],
+    )
+    if result.checkpoint is not None:
+        ckpt = result.checkpoint / CHECKPOINT_FILE
+    else:
+        ckpt = resolve_checkpoint(model_dir / "train")
+    done = {"checkpoint": str(ckpt), "seconds": result.seconds, "step": result.step}
+    if f"{metric}/{method}" in result.metrics:  # the final in-training evaluation
+        done["eval"] = {
+            "value": result.metrics[f"{metric}/{method}"],
+            "nfe": result.metrics[f"nfe/{method}"],
+            "step": result.step,
+        }
+    return done
+
+
+def run_trial(params: dict[str, Any], spec: SweepSpec) -> None:
+    """The Tune function trainable: train (or reuse) the model of these settings, score it."""
+    import ray
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg, method = spec.trial_config(params)
+    key = training_key(cfg)
+    model_dir = spec.dir / "models" / key
+    started = time.time()
+    with _locked(spec.dir / "models" / f"{key}.lock"):
+        done = _read_json(model_dir / "done.json")
+        if done is None:
+            done = _train_model(cfg, method, model_dir, spec.metric)
+            ev = done.pop("eval", None)
+            if ev is not None:
+                _write_json(model_dir / "evals" / f"{method}.json", ev)
+            done["trial"] = trial_id
+            _write_json(model_dir / "done.json", done)
+    # a trial restarted by --resume after it had trained still counts as the trainer
+    trained = done.get("trial") == trial_id
+    ev = _read_json(model_dir / "evals" / f"{method}.json")
+    if ev is None:
+        t = cfg.train
+        task = ray.remote(_evaluate_checkpoint).options(
+            num_cpus=t.cpus_per_worker,
+            num_gpus=t.gpus_per_worker,
+            scheduling_strategy="DEFAULT",  # not inside the trial's (memory-only) bundle
+        )
+        ev = ray.get(task.remote(done["checkpoint"], method, cfg.eval.n, int(t.cpus_per_worker)))
+        _write_json(model_dir / "evals" / f"{method}.json", ev)
+    record = {
+        spec.metric: float(ev["value"]),
+        "nfe": float(ev["nfe"]),
+        "step": int(ev["step"]),
+        "method": method,
+        "model": key,
+        "trained": trained,
+        "trial_seconds": time.time() - started,
+    }
+    _write_json(spec.dir / "trials" / f"{trial_id}.json", {**record, "params": params})
+    tune.report(record)
