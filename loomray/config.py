@@ -11,6 +11,8 @@ keys filled from the defaults, so new fields never break them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -401,6 +403,21 @@ def load_config(source: str, overrides: list[str] | None = None) -> Config:
     raw, _ = _read_yaml(source)
     raw = _merge(raw, parse_overrides(overrides or []))
     return config_from_dict(raw)
+
+
+def run_identity(cfg: Config) -> dict[str, Any]:
+    """What makes two configs the same run: everything but its length and its scoring
+    (a run is extended by raising train.steps, and scored with any sampler)."""
+    d = cfg.to_dict()
+    d["train"].pop("steps")
+    d.pop("eval")
+    return d
+
+
+def run_id(cfg: Config) -> str:
+    """A short digest of ``run_identity``: the coupling service's files carry it."""
+    text = json.dumps(run_identity(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def dump_config(cfg: Config) -> str:

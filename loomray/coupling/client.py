@@ -2,7 +2,9 @@
 
 ``submit`` sends the batch and returns at once (the reply is an ObjectRef);
 ``receive`` waits for it. If the service actor dies and Ray restarts it, every
-request still in flight is sent again, oldest first, and training carries on.
+request still in flight is sent again, oldest first, and training carries on:
+the restarted service rebuilt its table from its journal, so the answers are
+the ones the dead service gave or would have given.
 """
 
 from __future__ import annotations
@@ -12,6 +14,26 @@ import time
 import numpy as np
 
 RETRIES = 20
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(min(5.0, 0.2 * 2**attempt))
+
+
+def call_service(method, *args, timeout_s: float = 300.0):
+    """``ray.get(method.remote(*args))``, sent again while Ray restarts the actor
+    (a restarted service rebuilds its state, so the answer is the same)."""
+    import ray
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    for attempt in range(RETRIES):
+        try:
+            return ray.get(method.remote(*args), timeout=timeout_s)
+        except (RayActorError, ActorUnavailableError):
+            if attempt == RETRIES - 1:
+                raise
+            _backoff(attempt)
+    raise AssertionError("unreachable")
 
 
 class ServiceNoise:
@@ -49,7 +71,7 @@ class ServiceNoise:
             except (RayActorError, ActorUnavailableError):
                 if attempt == RETRIES - 1:
                     raise
-                time.sleep(min(5.0, 0.2 * 2**attempt))
+                _backoff(attempt)
                 self._resubmit()
                 continue
             del self.inflight[step]

@@ -52,13 +52,19 @@ def step_rng(seed: int, step: int) -> np.random.Generator:
 
 @dataclass
 class CouplingStats:
-    """What one coupling step did; costs are sums over the batch."""
+    """What one coupling step did; costs are sums over the batch.
+
+    ``perm`` and ``seeds`` make the step replayable: the returned noise is
+    ``noise_from_seeds(seeds)``, and ``perm`` is the re-pairing the solve chose
+    (identity for independent coupling), which is all a journal has to keep."""
 
     swaps: int
     pre_cost: float
     post_cost: float
     caches: np.ndarray
     seconds: dict[str, float] = field(default_factory=dict)
+    perm: np.ndarray | None = None
+    seeds: np.ndarray | None = None
 
 
 class Coupling(ABC):
@@ -76,6 +82,17 @@ class Coupling(ABC):
     ) -> tuple[np.ndarray, CouplingStats]:
         """Noise float32 [B, *x.shape[1:]] aligned with ``x``, and the step's stats."""
 
+    @abstractmethod
+    def replay(
+        self, rows: np.ndarray, perm: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Redo a step whose re-pairing ``perm`` is known, without data or a solve.
+
+        Returns the seeds of the noise the step answered with (``stats.seeds``)
+        and the caches it drew; a table, if any, is updated exactly as ``step``
+        did. Given the same state, rows and rng, ``replay(rows, stats.perm, rng)``
+        is bit-identical to ``step``."""
+
     def _pair(
         self, x: np.ndarray, z: np.ndarray, caches: np.ndarray, seconds: dict[str, float]
     ) -> tuple[np.ndarray, CouplingStats]:
@@ -92,6 +109,7 @@ class Coupling(ABC):
             post_cost=float(c[idx, perm].sum()),
             caches=caches,
             seconds=seconds,
+            perm=perm,
         )
         return perm, stats
 
@@ -100,27 +118,42 @@ def _fresh_seeds(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.integers(0, 2**63 - 1, size=n, dtype=np.int64)
 
 
-class IndependentCoupling(Coupling):
+class _FreshNoiseCoupling(Coupling):
+    """Baselines: fresh noise every step, from the step's rng; no table."""
+
+    def replay(self, rows, perm, rng):
+        n = len(perm)
+        return _fresh_seeds(rng, n)[np.asarray(perm, np.int64)], np.zeros(n, np.int64)
+
+
+class IndependentCoupling(_FreshNoiseCoupling):
     kind = "independent"
 
     def step(self, rows, x, rng):
         x = np.asarray(x, np.float32)
         t0 = time.perf_counter()
-        z = noise_from_seeds(_fresh_seeds(rng, len(x)), x.shape[1:])
+        seeds = _fresh_seeds(rng, len(x))
+        z = noise_from_seeds(seeds, x.shape[1:])
         t1 = time.perf_counter()
         c = float(pair_costs(x, z, self.cost).sum())
-        return z, CouplingStats(0, c, c, np.zeros(len(x), np.int64), {"noise": t1 - t0})
+        n = len(x)
+        stats = CouplingStats(
+            0, c, c, np.zeros(n, np.int64), {"noise": t1 - t0}, np.arange(n), seeds
+        )
+        return z, stats
 
 
-class MinibatchOTCoupling(Coupling):
+class MinibatchOTCoupling(_FreshNoiseCoupling):
     kind = "minibatch-ot"
 
     def step(self, rows, x, rng):
         x = np.asarray(x, np.float32)
         t0 = time.perf_counter()
-        z = noise_from_seeds(_fresh_seeds(rng, len(x)), x.shape[1:])
+        seeds = _fresh_seeds(rng, len(x))
+        z = noise_from_seeds(seeds, x.shape[1:])
         seconds = {"noise": time.perf_counter() - t0}
         perm, stats = self._pair(x, z, np.zeros(len(x), np.int64), seconds)
+        stats.seeds = seeds[perm]
         return z[perm], stats
 
 
@@ -166,10 +199,40 @@ class LoomCoupling(Coupling):
         seconds = {"noise": time.perf_counter() - t0}
         perm, stats = self._pair(x, z, caches, seconds)
         t0 = time.perf_counter()
-        self.table.seeds[rows, caches] = seeds[perm]
+        stats.seeds = apply_permutation(self.table.seeds, rows, caches, perm)
         self.table.step += 1
         seconds["update"] = time.perf_counter() - t0
         return z[perm], stats
+
+    def replay(self, rows, perm, rng):
+        rows = np.asarray(rows, np.int64)
+        caches = self.choose_caches(len(rows), rng)
+        seeds = apply_permutation(self.table.seeds, rows, caches, np.asarray(perm, np.int64))
+        self.table.step += 1
+        return seeds, caches
+
+
+def apply_permutation(
+    seeds: np.ndarray, rows: np.ndarray, caches: np.ndarray, perm: np.ndarray
+) -> np.ndarray:
+    """One LOOM update in place: slot i of the batch takes the seed of slot ``perm[i]``.
+
+    Returns the new seeds of the batch's slots (the seeds of the noise the step
+    answered with)."""
+    after = seeds[rows, caches][perm]
+    seeds[rows, caches] = after
+    return after
+
+
+def undo_permutation(
+    seeds: np.ndarray, rows: np.ndarray, caches: np.ndarray, perm: np.ndarray
+) -> np.ndarray:
+    """The inverse of ``apply_permutation`` in place; returns the seeds it undid."""
+    after = seeds[rows, caches]
+    before = np.empty_like(after)
+    before[perm] = after
+    seeds[rows, caches] = before
+    return after
 
 
 def make_coupling(kind: str, table: AssignmentTable | None = None, cost: Cost = "l2") -> Coupling:

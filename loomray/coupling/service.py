@@ -6,21 +6,24 @@ gathers all ranks of the step, runs ONE coupling step over the global batch
 ``step_rng(seed, step)``), and answers each rank with its slice of the noise.
 Steps are solved strictly in order, so the table evolves exactly as in the
 sequential algorithm; workers submit step k+1 before training on step k, so the
-solve of k+1 overlaps the compute of k. Solves run in a worker thread: the
-actor keeps accepting submissions while it solves.
+solve of k+1 overlaps the compute of k. Solves run in one worker thread (the
+"solver thread"): the actor keeps accepting submissions while it solves, and
+everything that reads or writes the table runs on that thread, in order.
 
-Faults:
+Exact under faults:
 
+* Every solved step is journaled (``loomray.coupling.recovery``) before its
+  reply leaves. A restarted actor rebuilds the table from the latest snapshot
+  plus the journal, so it is exactly where the dead one was: steps the ranks
+  resubmit that were solved already are answered with the same noise, the
+  others are solved as usual.
+* Submits are idempotent: a rank that sends a step twice gets the same answer
+  twice.
 * A rank that never submits: the waiting ranks get a ``TimeoutError`` naming
   the missing ranks after ``timeout_s``, so Ray Train can restart the group.
 * Group restart from a checkpoint: rank 0 calls ``restore(step, seeds)`` with
-  the table saved in that checkpoint; the service forgets everything after it,
-  and the run continues exactly.
-* The actor itself dies: Ray restarts it (``max_restarts``) and it reloads its
-  latest snapshot. Workers resubmit what was in flight and carry on. Steps
-  between the snapshot and the crash are lost to the table (it stays a valid
-  permutation of its seeds); a step that some rank had already received before
-  the crash is solved on the ranks that resubmit it.
+  the table saved in that checkpoint; the service forgets everything after it
+  and starts a new journal lineage there.
 
 ``table_at(step)`` returns the table as training sees it at ``step`` (all solves
 of steps < step applied), undoing the prefetched solves beyond it, so a
@@ -34,16 +37,22 @@ import collections
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from loomray.coupling.couplings import LoomCoupling, make_coupling, step_rng
+from loomray.coupling.couplings import LoomCoupling, make_coupling, step_rng, undo_permutation
+from loomray.coupling.journal import Record
+from loomray.coupling.noise import noise_from_seeds
+from loomray.coupling.recovery import SNAPSHOT_NAME, DurableState, Solved
 from loomray.coupling.table import AssignmentTable
+from loomray.coupling.telemetry import ServiceTelemetry
 
-SNAPSHOT_NAME = "table-snapshot.parquet"
+__all__ = ["SNAPSHOT_NAME", "UNDO_DEPTH", "CouplingService", "ServiceSpec"]
+
+# Solved steps kept in memory (and in the journal after a snapshot): more than
+# any rank can be behind the service (coupling.prefetch + 1 <= 9).
 UNDO_DEPTH = 16
 
 
@@ -61,87 +70,17 @@ class ServiceSpec:
     snapshot_every: int = 500
     timeout_s: float = 300.0
     run: str = "loomray"
+    run_id: str = ""
+    """Identifies the run's training config: a snapshot or journal of another is refused."""
 
 
 @dataclass
 class _Step:
     parts: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     results: dict[int, np.ndarray] = field(default_factory=dict)
+    waiters: collections.Counter = field(default_factory=collections.Counter)
     error: BaseException | None = None
     event: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class _Telemetry:
-    """ray.util.metrics when running inside Ray, nothing otherwise."""
-
-    def __init__(self, run: str) -> None:
-        self.enabled = False
-        try:
-            import ray
-
-            if not ray.is_initialized():
-                return
-            from ray.util.metrics import Counter, Gauge, Histogram
-        except ImportError:
-            return
-        tags = {"run": run}
-        latency = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0]
-
-        def tagged(metric):
-            return metric.set_default_tags(tags)
-
-        self.solve = tagged(
-            Histogram(
-                "loomray_coupling_solve_seconds",
-                "Seconds per coupling solve (global batch).",
-                boundaries=latency,
-                tag_keys=("run",),
-            )
-        )
-        self.wait = tagged(
-            Histogram(
-                "loomray_worker_wait_seconds",
-                "Seconds a training worker blocked on the service per step.",
-                boundaries=latency,
-                tag_keys=("run",),
-            )
-        )
-        self.swaps = tagged(
-            Counter("loomray_coupling_swaps", "Noise seeds moved by the solves.", tag_keys=("run",))
-        )
-        self.pre = tagged(
-            Gauge(
-                "loomray_coupling_cost_pre",
-                "Mean pair cost of the last batch before its solve.",
-                tag_keys=("run",),
-            )
-        )
-        self.post = tagged(
-            Gauge(
-                "loomray_coupling_cost_post",
-                "Mean pair cost of the last batch after its solve.",
-                tag_keys=("run",),
-            )
-        )
-        self.queue = tagged(
-            Gauge(
-                "loomray_coupling_queue_depth",
-                "Steps submitted but not yet solved.",
-                tag_keys=("run",),
-            )
-        )
-        self.step = tagged(Gauge("loomray_coupling_step", "Last solved step.", tag_keys=("run",)))
-        self.loss = tagged(
-            Gauge("loomray_train_loss", "Training loss (rank 0).", tag_keys=("run",))
-        )
-        self.images = tagged(
-            Gauge(
-                "loomray_train_images_per_second",
-                "Training throughput over all workers.",
-                tag_keys=("run",),
-            )
-        )
-        self.enabled = True
 
 
 def _reconstructed() -> bool:
@@ -154,28 +93,35 @@ def _reconstructed() -> bool:
         return False
 
 
+class LostStateError(RuntimeError):
+    """A restarted service could not rebuild its state; restore it from a checkpoint."""
+
+
 class CouplingService:
     """Serve coupling solves to ``world`` ranks; see the module docstring."""
 
-    def __init__(self, spec: ServiceSpec, table: AssignmentTable | None = None) -> None:
+    def __init__(self, spec: ServiceSpec) -> None:
         self.spec = spec
         self.restarts = 0
-        snapshot = self._snapshot_path()
+        creation = (
+            AssignmentTable.create(spec.rows, spec.caches, seed=spec.seed)
+            if spec.kind == "loom"
+            else None
+        )
+        self.fingerprint = creation.fingerprint if creation is not None else ""
+        self.table = creation
+        self.recent: collections.deque[Solved] = collections.deque(maxlen=UNDO_DEPTH)
         self.next_step: int | None = 0
-        if table is None and snapshot is not None and snapshot.is_file() and _reconstructed():
-            # We are a restarted actor: resume from our own latest snapshot.
-            table = AssignmentTable.load(snapshot)
-            self.next_step = None  # accept wherever the workers are
+        self.durable = (
+            DurableState(spec.snapshot_dir, self._identity()) if spec.snapshot_dir else None
+        )
+        if self.durable is not None and _reconstructed():
+            rebuilt = self.durable.rebuild(creation)
+            self.table, self.next_step = rebuilt.table, rebuilt.next_step
+            self.recent.extend(rebuilt.solved)
             self.restarts = 1
-        if table is None and spec.kind == "loom":
-            table = AssignmentTable.create(spec.rows, spec.caches, seed=spec.seed)
-        if table is not None and table.rows != spec.rows:
-            raise ValueError(f"the table has {table.rows} rows but the dataset {spec.rows}")
-        self.table = table
-        self.coupling = make_coupling(spec.kind, table, spec.cost)
+        self.coupling = make_coupling(spec.kind, self.table, spec.cost)
         self.steps: dict[int, _Step] = {}
-        self.last_submitted: dict[int, int] = {}
-        self.undo: collections.deque = collections.deque(maxlen=UNDO_DEPTH)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-solve")
         # One BLAS thread: the service lives beside busy training workers, and
         # idle OpenBLAS threads spin on the cores they need.
@@ -187,7 +133,19 @@ class CouplingService:
         self.solved = 0
         self.submits: dict[int, int] = {}  # batches received per rank
         self.nodes: dict[int, str] = {}  # the Ray node of each rank
-        self.telemetry = _Telemetry(spec.run)
+        self.telemetry = ServiceTelemetry(spec.run)
+
+    def _identity(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "run": s.run_id,
+            "kind": s.kind,
+            "rows": s.rows,
+            "caches": s.caches if s.kind == "loom" else 0,
+            "seed": s.seed,
+            "cost": s.cost,
+            "fingerprint": self.fingerprint,
+        }
 
     # ---- the hot path -------------------------------------------------------
     async def submit(
@@ -196,15 +154,22 @@ class CouplingService:
         """This rank's batch of ``step``; returns its noise once the step is solved."""
         if not 0 <= rank < self.spec.world:
             raise ValueError(f"rank {rank} is outside a world of {self.spec.world}")
-        if self.next_step is not None and step < self.next_step:
-            raise ValueError(
-                f"step {step} was already solved (the service is at step {self.next_step}); "
-                "restore() the service when restarting from a checkpoint"
+        if self.next_step is None:
+            raise LostStateError(
+                f"the coupling service of run {self.spec.run} restarted without a usable "
+                f"snapshot in {self.spec.snapshot_dir}; the workers must restart from the last "
+                "checkpoint"
             )
         self._record_info(rank, info)
+        rows, x = np.asarray(rows, np.int64), np.asarray(x, np.float32)
+        if step < self.next_step:  # a resubmit: answer what was answered
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self.executor, self._answer_again, step, rank, rows, x.shape[1:]
+            )
         entry = self.steps.setdefault(step, _Step())
-        entry.parts[rank] = (np.asarray(rows, np.int64), np.asarray(x, np.float32))
-        self.last_submitted[rank] = max(self.last_submitted.get(rank, -1), step)
+        entry.parts[rank] = (rows, x)
+        entry.waiters[rank] += 1
         self._kick()
         try:
             await asyncio.wait_for(entry.event.wait(), timeout=self.spec.timeout_s)
@@ -215,12 +180,29 @@ class CouplingService:
                 f"{', '.join(map(str, missing)) or '?'} after {self.spec.timeout_s:g} s; "
                 "a training worker is stuck or dead"
             ) from None
+        finally:
+            entry.waiters[rank] -= 1
         if entry.error is not None:
             raise entry.error
-        z = entry.results.pop(rank)
-        if not entry.results and self.steps.get(step) is entry:
-            del self.steps[step]
+        z = entry.results[rank]
+        if not entry.waiters[rank]:
+            del entry.results[rank]
+            if not entry.results and self.steps.get(step) is entry:
+                del self.steps[step]
         return z
+
+    def _answer_again(self, step: int, rank: int, rows: np.ndarray, shape) -> np.ndarray:
+        """The answer ``rank`` got (or would have got) for an already solved ``step``."""
+        solved = next((s for s in self.recent if s.record.step == step), None)
+        if solved is None:
+            raise ValueError(
+                f"step {step} was already solved (the service is at step {self.next_step}); "
+                "restore() the service when restarting from a checkpoint"
+            )
+        span = solved.record.span(rank)
+        if not np.array_equal(solved.record.rows[span], rows):
+            raise ValueError(f"rank {rank} resubmitted step {step} with other rows than before")
+        return noise_from_seeds(solved.seeds[span], shape)
 
     def _record_info(self, rank: int, info: dict | None) -> None:
         self.submits[rank] = self.submits.get(rank, 0) + 1
@@ -240,22 +222,13 @@ class CouplingService:
     def _missing(self, step: int) -> list[int]:
         entry = self.steps.get(step)
         have = set(entry.parts) if entry else set()
-        return [r for r in range(self.spec.world) if r not in have and not self._past(r, step)]
-
-    def _past(self, rank: int, step: int) -> bool:
-        # Ranks submit in step order, so a rank that submitted a later step but
-        # not this one already holds this step's answer (from before a restart).
-        return self.last_submitted.get(rank, -1) > step and self.next_step is None
+        return [r for r in range(self.spec.world) if r not in have]
 
     def _ready(self) -> int | None:
-        pending = [s for s, e in self.steps.items() if e.parts and not e.event.is_set()]
-        if not pending:
+        entry = self.steps.get(self.next_step) if self.next_step is not None else None
+        if entry is None or entry.event.is_set() or self._missing(self.next_step):
             return None
-        step = min(pending) if self.next_step is None else self.next_step
-        entry = self.steps.get(step)
-        if entry is None or entry.event.is_set() or self._missing(step):
-            return None
-        return step
+        return self.next_step
 
     def _kick(self) -> None:
         if self.solver is None or self.solver.done():
@@ -266,12 +239,12 @@ class CouplingService:
         while (step := self._ready()) is not None:
             entry = self.steps[step]
             ranks = sorted(entry.parts)
-            counts = [len(entry.parts[r][0]) for r in ranks]
+            counts = tuple(len(entry.parts[r][0]) for r in ranks)
             rows = np.concatenate([entry.parts[r][0] for r in ranks])
             x = np.concatenate([entry.parts[r][1] for r in ranks])
             entry.parts.clear()
             try:
-                z = await loop.run_in_executor(self.executor, self._solve, step, rows, x)
+                z = await loop.run_in_executor(self.executor, self._solve, step, counts, rows, x)
             except Exception as err:  # handed to every waiting rank
                 entry.error = err
                 entry.event.set()
@@ -282,19 +255,26 @@ class CouplingService:
             self.next_step = step + 1
             entry.event.set()
 
-    def _solve(self, step: int, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def _solve(self, step: int, counts: tuple[int, ...], rows: np.ndarray, x: np.ndarray):
+        """One step on the solver thread: solve, journal, and only then reply."""
         t0 = time.perf_counter()
-        if isinstance(self.coupling, LoomCoupling):
-            caches = self.coupling.choose_caches(len(rows), step_rng(self.spec.seed, step))
-            before = self.table.seeds[rows, caches].copy()
+        if self.table is not None:
             self.table.step = step
-            z, stats = self.coupling.step_with_caches(rows, x, caches)
-            self.undo.append((step, rows, caches, before))
-        else:
-            z, stats = self.coupling.step(rows, x, step_rng(self.spec.seed, step))
+        if self.durable is not None and self.durable.journal is None:
+            self.durable.begin(self.table, step, creation=False)
+        z, stats = self.coupling.step(rows, x, step_rng(self.spec.seed, step))
+        record = Record(step, rows, stats.perm, counts)
+        if self.durable is not None:
+            self.durable.append(record)
+        self.recent.append(Solved(record, stats.caches, stats.seeds))
         seconds = time.perf_counter() - t0
         self.solved += 1
-        n = len(rows)
+        self._observe(step, seconds, stats, len(rows))
+        if self.durable is not None and (step + 1) % self.spec.snapshot_every == 0:
+            self.durable.snapshot(self.table, step + 1, [s.record for s in self.recent])
+        return z
+
+    def _observe(self, step: int, seconds: float, stats, n: int) -> None:
         self.history.append(
             (time.time(), step, seconds, stats.swaps, stats.pre_cost / n, stats.post_cost / n)
         )
@@ -307,19 +287,8 @@ class CouplingService:
             t.post.set(stats.post_cost / n)
             t.step.set(step)
             t.queue.set(max(0, len(self.steps) - 1))
-        if self.table is not None and (step + 1) % self.spec.snapshot_every == 0:
-            self._write_snapshot()
-        return z
 
     # ---- state --------------------------------------------------------------
-    def _snapshot_path(self) -> Path | None:
-        return Path(self.spec.snapshot_dir) / SNAPSHOT_NAME if self.spec.snapshot_dir else None
-
-    def _write_snapshot(self) -> None:
-        path = self._snapshot_path()
-        if path is not None:
-            self.table.save(path)
-
     async def restore(
         self, step: int, seeds: np.ndarray | None = None, fingerprint: str = ""
     ) -> None:
@@ -328,27 +297,46 @@ class CouplingService:
             if not entry.event.is_set():
                 entry.error = RuntimeError(f"the service was restored to step {step}")
                 entry.event.set()
-        if self.solver is not None:
+        if self.solver is not None and not self.solver.done():
             await asyncio.gather(self.solver, return_exceptions=True)
         self.steps.clear()
-        self.last_submitted.clear()
-        self.undo.clear()
-        if self.spec.kind == "loom":
-            if seeds is None:
-                if step != 0:
-                    raise ValueError(f"restoring to step {step} needs that step's table")
-                table = AssignmentTable.create(self.spec.rows, self.spec.caches, self.spec.seed)
-            else:
-                table = AssignmentTable(np.array(seeds, np.int64), step, fingerprint)
-                if table.rows != self.spec.rows or table.caches != self.spec.caches:
-                    raise ValueError(
-                        f"the restored table is [{table.rows}, {table.caches}], the service "
-                        f"expects [{self.spec.rows}, {self.spec.caches}]"
-                    )
-            table.step = step
-            self.table = table
+        table = self._restored_table(step, seeds, fingerprint)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self._restart_at, step, table, seeds is None)
+
+    def _restored_table(
+        self, step: int, seeds: np.ndarray | None, fingerprint: str
+    ) -> AssignmentTable | None:
+        if self.spec.kind != "loom":
+            return None
+        if seeds is None:
+            if step != 0:
+                raise ValueError(f"restoring to step {step} needs that step's table")
+            table = AssignmentTable.create(self.spec.rows, self.spec.caches, self.spec.seed)
+        else:
+            table = AssignmentTable(np.array(seeds, np.int64), step, fingerprint)
+            if table.rows != self.spec.rows or table.caches != self.spec.caches:
+                raise ValueError(
+                    f"the restored table is [{table.rows}, {table.caches}], the service "
+                    f"expects [{self.spec.rows}, {self.spec.caches}]"
+                )
+            if table.fingerprint != self.fingerprint:
+                raise ValueError(
+                    "the restored table holds other seeds than this run's table: it belongs "
+                    "to another run"
+                )
+        table.step = step
+        return table
+
+    def _restart_at(self, step: int, table: AssignmentTable | None, creation: bool) -> None:
+        """On the solver thread: the new state, and a new journal lineage for it."""
+        self.recent.clear()
+        self.table = table
+        if table is not None:
             self.coupling = LoomCoupling(table, self.spec.cost)
         self.next_step = step
+        if self.durable is not None:
+            self.durable.begin(table, step, creation)
 
     async def table_at(self, step: int) -> dict[str, Any] | None:
         """Seeds of the table as training sees it at ``step`` (solves of steps < step).
@@ -361,17 +349,22 @@ class CouplingService:
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.002)
-        seeds = self.table.seeds.copy()
-        for undo_step, rows, caches, before in reversed(self.undo):
-            if undo_step >= step:
-                seeds[rows, caches] = before
-        solved_to = self.next_step if self.next_step is not None else step
-        oldest = min((u[0] for u in self.undo), default=solved_to)
-        if step > solved_to or step < oldest:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._table_at, step)
+
+    def _table_at(self, step: int) -> dict[str, Any]:
+        # On the solver thread, so no solve is half-applied while we copy.
+        solved_to = self.table.step
+        oldest = self.recent[0].record.step if self.recent else solved_to
+        if not oldest <= step <= solved_to:
             raise ValueError(
                 f"the table of step {step} is not available (solved up to {solved_to}, "
                 f"undo log from {oldest})"
             )
+        seeds = self.table.seeds.copy()
+        for solved in reversed(self.recent):
+            if solved.record.step >= step:
+                undo_permutation(seeds, solved.record.rows, solved.caches, solved.record.perm)
         return {"seeds": seeds, "step": step, "fingerprint": self.table.fingerprint}
 
     def stats(self) -> dict[str, Any]:
@@ -381,7 +374,7 @@ class CouplingService:
             "run": self.spec.run,
             "kind": self.spec.kind,
             "world": self.spec.world,
-            "step": (self.next_step - 1) if self.next_step else (hist[-1][1] if hist else -1),
+            "step": (self.next_step - 1) if self.next_step is not None else -1,
             "solves": self.solved,
             "restarts": self.restarts,
             "queue_depth": sum(1 for e in self.steps.values() if not e.event.is_set()),
@@ -391,6 +384,8 @@ class CouplingService:
                 for r in sorted(self.submits)
             ],
         }
+        if self.durable is not None and self.solved:
+            out["journal_bytes_per_step"] = self.durable.bytes / self.solved
         if hist:
             window = hist[-100:]
             span = window[-1][0] - window[0][0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,8 @@ class AssignmentTable:
     seeds: np.ndarray
     step: int = 0
     fingerprint: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Free-form provenance saved with a snapshot (e.g. the run it belongs to)."""
 
     def __post_init__(self) -> None:
         self.seeds = np.ascontiguousarray(self.seeds, dtype=np.int64)
@@ -74,7 +76,7 @@ class AssignmentTable:
         return multiset_fingerprint(self.seeds) == self.fingerprint
 
     def copy(self) -> AssignmentTable:
-        return AssignmentTable(self.seeds.copy(), self.step, self.fingerprint)
+        return AssignmentTable(self.seeds.copy(), self.step, self.fingerprint, dict(self.labels))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a Parquet snapshot atomically (temp file, then rename)."""
@@ -88,6 +90,7 @@ class AssignmentTable:
             "step": str(self.step),
             "checksum": self.checksum,
             "fingerprint": self.fingerprint,
+            **{f"label.{k}": str(v) for k, v in self.labels.items()},
         }
         schema = pa.schema(
             [pa.field(name, pa.int64(), nullable=False) for name in columns],
@@ -139,4 +142,5 @@ class AssignmentTable:
             raise ValueError(
                 f"assignment table {path} no longer holds the seeds it was created with"
             )
-        return cls(seeds, int(meta["step"]), meta["fingerprint"])
+        labels = {k[len("label.") :]: v for k, v in meta.items() if k.startswith("label.")}
+        return cls(seeds, int(meta["step"]), meta["fingerprint"], labels)

@@ -21,7 +21,14 @@ from typing import Any
 
 import yaml
 
-from loomray.config import Config, ConfigError, config_from_dict, dump_config
+from loomray.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    dump_config,
+    run_id,
+    run_identity,
+)
 from loomray.coupling.service import CouplingService, ServiceSpec
 from loomray.data import build_dataset
 
@@ -70,11 +77,8 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True
             old = config_from_dict(yaml.safe_load(config_path.read_text()))
         except (ConfigError, yaml.YAMLError) as err:
             raise LaunchError(f"run dir {run_dir} has an unreadable config.yaml: {err}") from err
-        old_d, new_d = old.to_dict(), cfg.to_dict()
         # Extending a run, or scoring it with other samplers, is the same run.
-        for d in (old_d, new_d):
-            d["train"].pop("steps"), d.pop("eval")
-        changes = _diff(old_d, new_d)
+        changes = _diff(run_identity(old), run_identity(cfg))
         if changes:
             raise LaunchError(
                 f"run dir {run_dir} holds a run with another config ({changes[0]}"
@@ -199,6 +203,7 @@ def start_service(cfg: Config, rows: int, run_dir: Path):
         snapshot_every=cfg.coupling.snapshot_every,
         timeout_s=cfg.coupling.timeout_s,
         run=run_dir.resolve().name,
+        run_id=run_id(cfg),
     )
     actor = ray.remote(CouplingService).options(
         name=name,

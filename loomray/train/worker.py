@@ -23,7 +23,7 @@ import torch
 from loomray.checkpoint import save_checkpoint
 from loomray.config import Config, config_from_dict
 from loomray.coupling import AssignmentTable, noise_from_seeds
-from loomray.coupling.client import ServiceNoise
+from loomray.coupling.client import ServiceNoise, call_service
 from loomray.data import BatchPlan, build_dataset
 from loomray.images import save_samples
 from loomray.sampling import sample
@@ -128,12 +128,12 @@ def train_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     table = _restore(state, checkpoint) if checkpoint is not None else None
     if rank == 0:
-        ray.get(
-            service.restore.remote(
-                state.step,
-                table.seeds if table is not None else None,
-                table.fingerprint if table is not None else "",
-            )
+        call_service(
+            service.restore,
+            state.step,
+            table.seeds if table is not None else None,
+            table.fingerprint if table is not None else "",
+            timeout_s=cfg.coupling.timeout_s,
         )
     if world > 1:
         dist.barrier()  # nobody submits before the service is at our step
@@ -158,7 +158,7 @@ def train_worker(config: dict[str, Any]) -> None:
         if rank != 0:
             ray.train.report(metrics)
             return
-        got = ray.get(service.table_at.remote(step))
+        got = call_service(service.table_at, step, timeout_s=cfg.coupling.timeout_s + 60)
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(Path(tmp) / CHECKPOINT_FILE, state.payload(cfg))
             if got is not None:

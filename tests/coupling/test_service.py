@@ -105,28 +105,6 @@ def test_a_rank_that_never_submits_times_out_with_its_number():
         asyncio.run(service.submit(0, 0, np.arange(PER_RANK), x))
 
 
-def test_after_a_restart_a_step_some_ranks_already_hold_is_solved_without_them():
-    x_all = data()
-    service = CouplingService(spec())
-    service.next_step = None  # as a restarted actor: it does not know where workers are
-
-    async def scenario():
-        r1 = rows_of(5)[PER_RANK:]
-        # rank 1 still needs step 5; rank 0 had received it before the crash
-        t1 = asyncio.create_task(service.submit(5, 1, r1, x_all[r1]))
-        await asyncio.sleep(0.01)
-        n0, n1 = rows_of(6)[:PER_RANK], rows_of(6)[PER_RANK:]
-        t0 = asyncio.create_task(service.submit(6, 0, n0, x_all[n0]))
-        z1 = await t1
-        t1b = asyncio.create_task(service.submit(6, 1, n1, x_all[n1]))
-        return z1, await t0, await t1b
-
-    z1, z6a, z6b = asyncio.run(scenario())
-    assert z1.shape == (PER_RANK, DIM) and z6a.shape == z6b.shape == (PER_RANK, DIM)
-    assert service.table.is_permutation_of_origin()
-    assert service.next_step == 7
-
-
 def test_bad_submissions():
     service = CouplingService(spec())
     x = np.zeros((2, DIM), np.float32)

@@ -90,62 +90,79 @@ def test_interrupted_and_resumed_equals_uninterrupted(run_a, tmp_path):
     assert got["optimizer"]["state"][0]["step"] == want["optimizer"]["state"][0]["step"]
 
 
-def test_service_and_worker_killed_mid_run(ray_session, tmp_path):
+FAULT_STEPS = 160
+FAULT_CONFIG = [
+    "train.workers=2",
+    f"train.steps={FAULT_STEPS}",
+    "train.log_every=10",
+    "train.ckpt_every=20",
+    "train.max_failures=2",
+    "coupling.snapshot_every=25",
+    "eval.methods=[euler-1]",
+]
+
+
+@pytest.fixture(scope="module")
+def fault_reference(ray_session, tmp_path_factory):
+    """The fault runs' config, never interrupted."""
+    cfg = load_config("digits", FAULT_CONFIG)
+    return load_run(launch(cfg, tmp_path_factory.mktemp("runs") / "reference", progress=False))
+
+
+def saboteur(service, plan, events, status_output):
+    """Kill the service (Ray restarts it) or a worker when the service reaches a step."""
     import ray
     from ray.util.state import list_actors
 
-    steps = 240
-    cfg = load_config(
-        "digits",
-        [
-            "train.workers=2",
-            f"train.steps={steps}",
-            "train.log_every=10",
-            "train.ckpt_every=20",
-            "train.max_failures=2",
-            "coupling.snapshot_every=10",
-            "eval.methods=[euler-1]",
-        ],
-    )
-    events = []
-    status_output = []
+    def step():
+        try:
+            return ray.get(service.stats.remote(), timeout=10)["step"]
+        except Exception:
+            return -1
 
-    def saboteur(service):
-        def step():
-            try:
-                return ray.get(service.stats.remote(), timeout=10)["step"]
-            except Exception:
-                return -1
+    for target, what in plan:
+        deadline = time.time() + 240
+        while step() < target and time.time() < deadline:
+            time.sleep(0.05)
+        if what == "service":
+            if not status_output:
+                status_output.append(CliRunner().invoke(app, ["status"]).output)
+            ray.kill(service, no_restart=False)
+        else:
+            workers = list_actors(
+                filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+            )
+            os.kill(workers[-1]["pid"], signal.SIGKILL)
+        events.append(f"{what} killed at {target}")
 
-        def wait_for(target):
-            deadline = time.time() + 240
-            while step() < target and time.time() < deadline:
-                time.sleep(0.05)
 
-        wait_for(40)
-        status_output.append(CliRunner().invoke(app, ["status"]).output)
-        ray.kill(service, no_restart=False)
-        events.append("service killed")
-        wait_for(130)
-        workers = list_actors(
-            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
-        )
-        os.kill(workers[-1]["pid"], signal.SIGKILL)
-        events.append("worker killed")
-
+@pytest.mark.parametrize(
+    "plan",
+    [
+        [(40, "service"), (95, "service")],
+        [(30, "service"), (70, "worker"), (115, "service")],
+    ],
+    ids=["service-twice", "service-twice-and-a-worker"],
+)
+def test_killed_service_and_workers_change_nothing(fault_reference, tmp_path, plan):
+    cfg = load_config("digits", FAULT_CONFIG)
+    events, status_output = [], []
     result = launch(
         cfg,
         tmp_path / "faults",
         progress=False,
-        on_ready=lambda s: threading.Thread(target=saboteur, args=(s,), daemon=True).start(),
+        on_ready=lambda s: threading.Thread(
+            target=saboteur, args=(s, plan, events, status_output), daemon=True
+        ).start(),
     )
-    assert events == ["service killed", "worker killed"]
-    assert result.step == steps
-    payload, table = load_run(result)
-    assert payload["step"] == steps
-    assert table.is_permutation_of_origin()
-    fresh = AssignmentTable.create(table.rows, table.caches, seed=cfg.coupling.seed)
-    assert table.fingerprint == fresh.fingerprint
+    assert events == [f"{what} killed at {target}" for target, what in plan]
+    assert result.step == FAULT_STEPS and result.service["restarts"] == 1
+    got, got_table = load_run(result)
+    want, want_table = fault_reference
+    assert np.array_equal(got_table.seeds, want_table.seeds)
+    for part in ("model", "ema"):
+        for k, v in want[part].items():
+            assert torch.equal(got[part][k], v), f"{part}.{k} differs after the faults"
     assert "run faults" in status_output[0] and "loom, 2 workers" in status_output[0]
 
 
