@@ -28,7 +28,9 @@ def _ray(*args, env):
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # The nodes never see loomray's settings: only the driver has them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOMRAY_")}
+    env["RAY_AUTH_MODE"] = "token"
     out = _ray("get-auth-token", "--generate", env=env)  # token auth stays on
     assert out.returncode == 0, out.stderr
     gcs, dash, client, *node_ports = _free_ports(11)
@@ -66,6 +68,7 @@ def two_nodes():
 
 
 def test_train_spreads_over_two_nodes_and_the_service_serves_both(two_nodes, tmp_path):
+    """Also: a setting only the driver has (LOOMRAY_CACHE) reaches the workers."""
     address, env = two_nodes
     run = subprocess.run(
         [
@@ -87,7 +90,9 @@ def test_train_spreads_over_two_nodes_and_the_service_serves_both(two_nodes, tmp
             "eval.methods=[euler-1]",
             "eval.n=200",
         ],
-        env={**env, "COLUMNS": "200"},
+        # a relative cache path, set for the driver only
+        env={**env, "COLUMNS": "200", "LOOMRAY_CACHE": "driver-cache"},
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=600,
@@ -99,3 +104,23 @@ def test_train_spreads_over_two_nodes_and_the_service_serves_both(two_nodes, tmp
     assert "the coupling service served 2 workers on 2 nodes" in text, text[-2000:]
     assert "rank 0: " in text and "rank 1: " in text
     assert (tmp_path / "run" / "train").is_dir()
+    # rank 0's final FID read and wrote the driver's cache: the setting reached it
+    assert (tmp_path / "driver-cache" / "digits-classifier.pt").is_file()
+    assert any((tmp_path / "driver-cache" / "fid").iterdir())
+
+
+def test_driver_settings_carry_every_loomray_variable_with_absolute_paths(
+    monkeypatch, tmp_path
+):
+    from loomray.train.launch import driver_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOOMRAY_FID_WEIGHTS", "weights/pt_inception.pth")
+    monkeypatch.setenv("LOOMRAY_CACHE", "~/somewhere")
+    monkeypatch.setenv("LOOMRAY_SOMETHING_NEW", "as is")
+    monkeypatch.setenv("UNRELATED", "no")
+    got = driver_settings()
+    assert got["LOOMRAY_FID_WEIGHTS"] == str(tmp_path / "weights" / "pt_inception.pth")
+    assert got["LOOMRAY_CACHE"] == os.path.expanduser("~/somewhere")
+    assert got["LOOMRAY_SOMETHING_NEW"] == "as is" and "UNRELATED" not in got
+    assert got["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.25"

@@ -40,6 +40,23 @@ RAY_ENV = {
 }
 
 
+# loomray's own settings (``LOOMRAY_*``) that hold paths: sent on as absolute paths,
+# since workers and tasks run in other working directories.
+PATH_SETTINGS = ("LOOMRAY_CACHE", "LOOMRAY_FID_WEIGHTS")
+
+
+def driver_settings() -> dict[str, str]:
+    """The environment every worker, actor and task of the job gets: Ray's settings
+    above and every ``LOOMRAY_*`` variable of the driver (FID weights, the cache), so
+    nodes that never saw them behave like the driver."""
+    out = {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}
+    out.update({k: v for k, v in os.environ.items() if k.startswith("LOOMRAY_")})
+    for key in PATH_SETTINGS:
+        if out.get(key):
+            out[key] = str(Path(out[key]).expanduser().resolve())
+    return out
+
+
 class LaunchError(ValueError):
     """The run cannot start as asked; the message says why and what to do."""
 
@@ -135,7 +152,7 @@ def connect(
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return _DASHBOARD.get("url")
-    runtime_env = {"env_vars": {k: os.environ[k] for k in RAY_ENV}}
+    runtime_env = {"env_vars": driver_settings()}
     if address is None:
         info = ray.init(
             include_dashboard=True,
