@@ -275,9 +275,11 @@ def sweep_cmd(
         )
     console.print(table)
     console.print("model: the trained model's key under models/ (+: this trial trained it)")
+    pruned = sum(r["status"] == "pruned" for r in result.rows)
     console.print(
         f"{result.finished} trial{'s' if result.finished != 1 else ''} finished "
-        f"in {result.seconds:.0f} s; "
+        + (f"and {pruned} pruned (ASHA stopped their training) " if pruned else "")
+        + f"in {result.seconds:.0f} s; "
         f"{result.trained} model{'s' if result.trained != 1 else ''} trained for them "
         "(trials that differ only in sampler reuse a trained model)"
     )

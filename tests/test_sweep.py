@@ -70,6 +70,70 @@ def test_trial_config_applies_overrides_resources_and_params():
     assert str(spec.dir) == "/tmp/x/t"
 
 
+def test_grid_search_and_the_pruning_sampler():
+    raw = {
+        **SPEC,
+        "space": {"coupling.caches": {"choice": [1, 4]}, "sampler.steps": {"int": [1, 3]}},
+        "overrides": {"train.steps": 300, "eval.every": 100},
+        "scheduler": {"kind": "asha"},
+        "search": "grid",
+    }
+    raw.pop("trials")
+    spec = spec_from_dict(raw, "t.yaml")
+    assert spec.search == "grid" and spec.trials == 6  # every point once by default
+    # ASHA compares every training at one sampler: by default the spec's sampler
+    assert spec.scheduler["sampler"] == spec.method_of({}) == "euler-1"
+    assert spec.to_dict()["search"] == "grid" and "search" not in spec_from_dict(SPEC).to_dict()
+    raw["scheduler"] = {"kind": "asha", "sampler": "midpoint-2"}
+    assert spec_from_dict(raw, "t.yaml").scheduler["sampler"] == "midpoint-2"
+
+
+def test_pruned_trainings_and_partial_results_never_reach_optuna_as_complete(tmp_path):
+    import optuna
+
+    from loomray.sweep.reuse import pruned_training
+    from loomray.sweep.search import make_scheduler, make_searcher
+
+    raw = {
+        **SPEC,
+        "space": {"coupling.caches": {"choice": [1, 4]}},
+        "overrides": {"train.steps": 300, "eval.every": 100},
+        "scheduler": {"kind": "asha", "grace_steps": 100, "reduction_factor": 2},
+        "objective": ["fid", "nfe"],
+    }
+    spec = spec_from_dict(raw, "t.yaml", storage=str(tmp_path))
+    spec.dir.mkdir(parents=True)
+    searcher, scheduler = make_searcher(spec), make_scheduler(spec, 300)
+
+    class Trial:
+        def __init__(self, trial_id):
+            self.trial_id = trial_id
+
+    trials = [Trial(f"t{i}") for i in range(3)]
+    for t in trials:
+        searcher.suggest(t.trial_id)
+        scheduler.on_trial_add(None, t)
+    keep = scheduler.on_trial_result(
+        None, trials[0], {"prune_fid": 50.0, "prune_step": 100, "model": "m0"}
+    )
+    cut = scheduler.on_trial_result(
+        None, trials[1], {"prune_fid": 80.0, "prune_step": 100, "model": "m1"}
+    )
+    # a trial that only evaluated: its final score never enters a rung
+    final = {"final": True, "fid": 95.0, "nfe": 1.0, "step": 300, "model": "m0"}
+    assert scheduler.on_trial_result(None, trials[2], final) == "CONTINUE"
+    assert (keep, cut) == ("CONTINUE", "STOP")
+    assert pruned_training(spec.dir / "models" / "m1")["step"] == 100
+    assert pruned_training(spec.dir / "models" / "m0") is None
+    searcher.on_trial_complete("t1", {"prune_fid": 80.0, "prune_step": 100, "model": "m1"})
+    searcher.on_trial_complete("t0", {"final": False, "pruned": True, "model": "m0"})
+    searcher.on_trial_complete("t2", final)
+    states = [t.state for t in searcher._ot_study.trials]
+    state = optuna.trial.TrialState
+    assert states == [state.PRUNED, state.PRUNED, state.COMPLETE]
+    assert searcher._ot_study.trials[2].values == [95.0, 1.0]
+
+
 def test_training_key_ignores_the_sampler_only():
     spec = spec_from_dict(SPEC, "t.yaml")
     base = {"coupling.caches": 1, "train.lr": 1e-3}
@@ -139,6 +203,19 @@ BAD_SPECS = [
     ),
     (_bad(sampler={"solver": "euler", "steps": 0}), "sampler.steps must be an integer >= 1"),
     (_bad(name="a b"), "name must be letters"),
+    (
+        _bad(
+            overrides={"train.steps": 300, "eval.every": 100},
+            scheduler={"kind": "asha", "sampler": "euler-0"},
+        ),
+        "scheduler sampler:",
+    ),
+    (_bad(search="random"), "search is tpe or grid"),
+    (_bad(search="grid"), "search grid needs choice or int domains, not float"),
+    (
+        _bad(search="grid", trials=9, space={"coupling.caches": {"choice": [1, 4]}}),
+        "search grid has 2 points; trials must be at most 2",
+    ),
 ]
 
 

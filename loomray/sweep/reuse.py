@@ -55,3 +55,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+PRUNED_FILE = "pruned.json"
+
+
+def pruned_training(model_dir: Path) -> dict[str, Any] | None:
+    """What ASHA recorded when it stopped this training (``loomray.sweep.search``), if it did."""
+    return _read_json(model_dir / PRUNED_FILE)

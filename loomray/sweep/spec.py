@@ -31,8 +31,10 @@ SPEC_KEYS = (
     "seed",
     "resources",
     "scheduler",
+    "search",
     "storage",
 )
+SEARCHES = ("tpe", "grid")
 SAMPLER_KEYS = ("sampler.solver", "sampler.steps")
 DOMAINS = ("choice", "int", "float", "loguniform")
 RESOURCES = {
@@ -119,6 +121,16 @@ class Domain:
         """Values every trial config must accept: each choice, or both bounds."""
         return self.values if self.kind == "choice" else (self.low, self.high)
 
+    def grid(self) -> tuple:
+        """Every value, for an exhaustive search (choice and int domains only)."""
+        if self.kind == "choice":
+            return self.values
+        if self.kind == "int" and not self.log:
+            return tuple(range(int(self.low), int(self.high) + 1))
+        raise SweepError(
+            f"space {self.key}: search grid needs choice or int domains, not {self.kind}"
+        )
+
     def optuna(self):
         import optuna.distributions as d
 
@@ -152,6 +164,7 @@ class SweepSpec:
     scheduler: dict[str, Any] | None
     storage: Path
     source: str = ""
+    search: str = "tpe"
 
     @property
     def metric(self) -> str:
@@ -167,8 +180,13 @@ class SweepSpec:
         return len(self.objectives) > 1
 
     def method_of(self, params: dict[str, Any]) -> str:
-        solver = params.get("sampler.solver", self.sampler["solver"])
-        steps = params.get("sampler.steps", self.sampler["steps"])
+        given = {k.removeprefix("sampler."): v for k, v in params.items() if k in SAMPLER_KEYS}
+        return self.method_of_sampler({**self.sampler, **given})
+
+    @staticmethod
+    def method_of_sampler(sampler: dict[str, Any]) -> str:
+        """``{solver: euler, steps: 2}`` -> ``euler-2`` (dopri5 has no steps)."""
+        solver, steps = sampler["solver"], sampler["steps"]
         return parse_method(solver if solver == "dopri5" else f"{solver}-{int(steps)}").name
 
     def trial_config(self, params: dict[str, Any]) -> tuple[Config, str]:
@@ -193,6 +211,7 @@ class SweepSpec:
             "seed": self.seed,
             "resources": dict(self.resources),
             "scheduler": dict(self.scheduler) if self.scheduler else None,
+            **({"search": self.search} if self.search != "tpe" else {}),
         }
 
 
@@ -360,7 +379,9 @@ def _count(raw: dict[str, Any], source: str, key: str, default: int, low: int) -
     return v
 
 
-def _parse_scheduler(raw: dict[str, Any], source: str, cfg: Config) -> dict[str, Any] | None:
+def _parse_scheduler(
+    raw: dict[str, Any], source: str, cfg: Config, default_sampler: str
+) -> dict[str, Any] | None:
     scheduler = raw.get("scheduler")
     if scheduler in (None, "none", "fifo"):
         return None
@@ -368,12 +389,19 @@ def _parse_scheduler(raw: dict[str, Any], source: str, cfg: Config) -> dict[str,
         isinstance(scheduler, dict) and scheduler.get("kind") == "asha",
         f"{source}: scheduler is none or {{kind: asha, grace_steps: N}}, got {scheduler!r}",
     )
-    bad = sorted(set(scheduler) - {"kind", "grace_steps", "reduction_factor"})
+    bad = sorted(set(scheduler) - {"kind", "grace_steps", "reduction_factor", "sampler"})
     _need(not bad, f"{source}: unknown scheduler field {bad[0] if bad else ''!r}")
+    reference = scheduler.get("sampler", default_sampler)
+    try:
+        reference = parse_method(str(reference)).name
+    except ValueError as err:
+        raise SweepError(f"{source}: scheduler sampler: {err}") from err
     scheduler = {
         "kind": "asha",
         "grace_steps": scheduler.get("grace_steps", cfg.eval.every),
         "reduction_factor": scheduler.get("reduction_factor", 2),
+        # ASHA compares every training at this one sampler, whatever the trials' own
+        "sampler": reference,
     }
     _need(
         cfg.eval.every > 0,
@@ -389,6 +417,15 @@ def _parse_scheduler(raw: dict[str, Any], source: str, cfg: Config) -> dict[str,
         _is_num(rf) and rf > 1, f"{source}: scheduler reduction_factor must be > 1, got {rf!r}"
     )
     return scheduler
+
+
+def _parse_search(raw: dict[str, Any], source: str, space: dict[str, Domain]) -> tuple[str, int]:
+    """The search (tpe or grid) and the number of points of a grid (0 for tpe)."""
+    search = raw.get("search", "tpe")
+    _need(search in SEARCHES, f"{source}: search is tpe or grid, got {search!r}")
+    if search == "tpe":
+        return search, 0
+    return search, math.prod(len(d.grid()) for d in space.values())
 
 
 def _parse_storage(raw: dict[str, Any], source: str, storage: str | None) -> str:
@@ -409,12 +446,19 @@ def spec_from_dict(raw: Any, source: str = "spec", storage: str | None = None) -
     sampler = _parse_sampler(raw, source, cfg)
     space = _parse_space(raw, source, config_with)
     objectives = _parse_objectives(raw, source, cfg)
+    search, points = _parse_search(raw, source, space)
     trials, concurrency, seed = (
-        _count(raw, source, "trials", 8, 1),
+        _count(raw, source, "trials", points or 8, 1),
         _count(raw, source, "concurrency", 1, 1),
         _count(raw, source, "seed", 0, 0),
     )
-    scheduler = _parse_scheduler(raw, source, cfg)
+    _need(
+        not points or trials <= points,
+        f"{source}: search grid has {points} points; trials must be at most {points}, "
+        f"got {trials}",
+    )
+    default_sampler = SweepSpec.method_of_sampler(sampler)
+    scheduler = _parse_scheduler(raw, source, cfg, default_sampler)
     store = _parse_storage(raw, source, storage)
     return SweepSpec(
         name=name,
@@ -431,6 +475,7 @@ def spec_from_dict(raw: Any, source: str = "spec", storage: str | None = None) -
         # absolute now: trials run in Tune's own working directories
         storage=Path(store).expanduser().resolve(),
         source=source,
+        search=search,
     )
 
 

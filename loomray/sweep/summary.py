@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from loomray.config import dump_config
+from loomray.sweep.reuse import pruned_training
 from loomray.sweep.spec import SweepSpec
 
 
@@ -30,12 +31,16 @@ def _trial_rows(spec: SweepSpec, grid) -> list[dict[str, Any]]:
         params = dict(result.config or m.get("config") or {})
         if "trial_id" not in m or not params:
             continue  # suggested but never started (an interrupted sweep); resume runs it
-        if "trained" in m:  # the trial's own last report
+        if m.get("final"):  # the trial's own last report
             status = "done"
         elif result.error:
             status = "error"
-        else:  # ASHA stopped it on an intermediate score, or the sweep was interrupted
-            status = "stopped" if m.get(spec.metric) is not None else "pending"
+        elif m.get("pruned") or (
+            "prune_step" in m and pruned_training(spec.dir / "models" / m["model"])
+        ):  # ASHA stopped its training
+            status = "pruned"
+        else:  # the sweep was interrupted; resume runs it
+            status = "pending"
         row = {
             "trial": m["trial_id"],
             "status": status,
@@ -43,7 +48,7 @@ def _trial_rows(spec: SweepSpec, grid) -> list[dict[str, Any]]:
             "method": m.get("method") or spec.method_of(params),
             "nfe": m.get("nfe"),
             spec.metric: m.get(spec.metric),
-            "step": m.get("step"),
+            "step": m.get("step", m.get("prune_step")),
             "model": m.get("model"),
             "trained": bool(m.get("trained", False)),
         }
@@ -145,7 +150,7 @@ def summarize(spec: SweepSpec, grid, seconds: float) -> SweepResult:
         )
         files["plot"] = plot_sweep(spec, rows, spec.dir / "fid-vs-nfe.png")
     trained = sum(1 for r in rows if r["trained"])
-    interrupted = len(rows) < spec.trials or any(r["status"] == "error" for r in rows)
+    interrupted = len(rows) < spec.trials or any(r["status"] in ("error", "pending") for r in rows)
     return SweepResult(
         dir=spec.dir,
         rows=rows,

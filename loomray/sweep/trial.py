@@ -7,27 +7,28 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from loomray.config import Config
-from loomray.sweep.reuse import _locked, _read_json, _write_json, training_key
+from loomray.sweep.reuse import _locked, _read_json, _write_json, pruned_training, training_key
 from loomray.sweep.spec import SweepSpec
 
 
-def _make_report_callback(metric: str, method: str):
+def _make_report_callback(metric: str, reference: str, model: str, final_step: int):
+    """Forwards the training's reference-sampler score to Tune for ASHA (see
+    ``loomray.sweep.search``): ``prune_<metric>`` at ``prune_step``, tagged with the
+    training key, for every in-training evaluation before the last step."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class SweepReport(TuneReportCallback):
-        """Forwards the training reports that carry this trial's score, renamed, to Tune
-        (ASHA reads them); reports without a score would fail Tune's metric check."""
-
         def after_report(self, run_context, metrics, checkpoint):
             m = metrics[0]
-            if f"{metric}/{method}" not in m:
+            if f"{metric}/{reference}" not in m or m["step"] >= final_step:
                 return
-            out = {metric: m[f"{metric}/{method}"], "nfe": m[f"nfe/{method}"], "step": m["step"]}
-            super().after_report(run_context, [out], None)
+            out = {f"prune_{metric}": m[f"{metric}/{reference}"], "prune_step": m["step"]}
+            super().after_report(run_context, [{**out, "model": model}], None)
 
     return SweepReport()
 
@@ -53,18 +54,27 @@ def _evaluate_checkpoint(checkpoint: str, method: str, n: int, threads: int) -> 
     }
 
 
-def _train_model(cfg: Config, method: str, model_dir: Path, metric: str) -> dict[str, Any]:
+def _train_model(
+    cfg: Config, method: str, model_dir: Path, metric: str, reference: str | None
+) -> dict[str, Any]:
     from loomray.checkpoint import resolve_checkpoint
     from loomray.train.launch import launch
     from loomray.train.worker import CHECKPOINT_FILE
 
+    callbacks = []
+    if reference is not None:  # ASHA: evaluate the reference sampler while training too
+        methods = tuple(dict.fromkeys((method, reference)))
+        cfg = replace(cfg, eval=replace(cfg.eval, methods=methods))
+        callbacks.append(
+            _make_report_callback(metric, reference, model_dir.name, cfg.train.steps)
+        )
     result = launch(
         cfg,
         model_dir,
         resume=(model_dir / "config.yaml").is_file(),  # an interrupted trial's run goes on
         progress=False,
         quiet=True,
-        callbacks=[_make_report_callback(metric, method)],
+        callbacks=callbacks,
     )
     if result.checkpoint is not None:
         ckpt = result.checkpoint / CHECKPOINT_FILE
@@ -80,6 +90,22 @@ def _train_model(cfg: Config, method: str, model_dir: Path, metric: str) -> dict
     return done
 
 
+def _pruned(spec: SweepSpec, trial_id: str, key: str, method: str, pruned: dict) -> None:
+    """End a trial whose training ASHA stopped: no score, reported as pruned."""
+    from ray import tune
+
+    record = {
+        "final": False,
+        "pruned": True,
+        "method": method,
+        "model": key,
+        "step": pruned.get("step"),
+        "trained": False,
+    }
+    _write_json(spec.dir / "trials" / f"{trial_id}.json", record)
+    tune.report(record)
+
+
 def run_trial(params: dict[str, Any], spec: SweepSpec) -> None:
     """The Tune function trainable: train (or reuse) the model of these settings, score it."""
     import ray
@@ -92,8 +118,12 @@ def run_trial(params: dict[str, Any], spec: SweepSpec) -> None:
     started = time.time()
     with _locked(spec.dir / "models" / f"{key}.lock"):
         done = _read_json(model_dir / "done.json")
+        pruned = pruned_training(model_dir) if done is None else None
+        if pruned is not None:
+            return _pruned(spec, trial_id, key, method, pruned)
         if done is None:
-            done = _train_model(cfg, method, model_dir, spec.metric)
+            reference = spec.scheduler["sampler"] if spec.scheduler else None
+            done = _train_model(cfg, method, model_dir, spec.metric, reference)
             ev = done.pop("eval", None)
             if ev is not None:
                 _write_json(model_dir / "evals" / f"{method}.json", ev)
@@ -112,6 +142,7 @@ def run_trial(params: dict[str, Any], spec: SweepSpec) -> None:
         ev = ray.get(task.remote(done["checkpoint"], method, cfg.eval.n, int(t.cpus_per_worker)))
         _write_json(model_dir / "evals" / f"{method}.json", ev)
     record = {
+        "final": True,
         spec.metric: float(ev["value"]),
         "nfe": float(ev["nfe"]),
         "step": int(ev["step"]),
