@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from loomray.config import Config, ConfigError, config_from_dict
+from loomray.paths import PathError, file_to_read
 
 FORMAT = 1
 
@@ -37,8 +38,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = resolve_checkpoint(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        file_to_read(path, "checkpoint")
+    except PathError as err:
+        raise CheckpointError(str(err)) from err
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # what weights_only refuses
@@ -46,9 +49,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {path} cannot be read: it is not a torch file of tensors and plain "
             "values, and loomray never unpickles anything else"
         ) from err
-    except Exception as err:  # torch raises many types for a bad file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read: {first}") from err
+    except Exception as err:  # torch raises many types for a bad file (KeyError(101): text)
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read: it is not a file written by torch.save "
+            f"(torch.load raised {type(err).__name__})"
+        ) from err
     if not isinstance(ckpt, dict) or "format" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path} is not a loomray checkpoint")
     ckpt["path"] = str(path)

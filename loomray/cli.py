@@ -53,6 +53,16 @@ def _node_count(stats: dict) -> int:
     return len({w["node"] for w in stats.get("workers", []) if w["node"]})
 
 
+def _path_or_fail(check, path: str, what: str) -> Path:
+    """``check`` (from loomray.paths) of a path argument, or one sentence and exit 2."""
+    from loomray.paths import PathError
+
+    try:
+        return check(path, what)
+    except PathError as err:
+        fail(str(err))
+
+
 def _config_or_fail(config: str, overrides: list[str]):
     from loomray.config import ConfigError, load_config
 
@@ -120,10 +130,12 @@ def sample_cmd(
     from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint
     from loomray.coupling import noise_from_seeds
     from loomray.images import save_samples
+    from loomray.paths import file_to_write
     from loomray.sampling import parse_method, sample
 
     if n < 1:
         fail(f"--n must be at least 1, got {n}")
+    out = _path_or_fail(file_to_write, out, "--out")
     try:
         parse_method(method)
         cfg, model = ema_model_of(load_checkpoint(ckpt))
@@ -415,7 +427,10 @@ def evaluate_cmd(
     from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint
     from loomray.data import DatasetError
     from loomray.evaluate import EvaluationError, evaluate_model, make_evaluator, write_results
+    from loomray.paths import file_to_read
 
+    if fid_weights:
+        _path_or_fail(file_to_read, fid_weights, "--fid-weights")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         payload = load_checkpoint(ckpt)
@@ -566,9 +581,12 @@ def bench_loop_cmd(
 
     from loomray.bench.loop import MODES, bench_loop
     from loomray.data import DatasetError
+    from loomray.paths import file_to_write
 
     if steps < 1 or warmup < 0:
         fail(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    if out:
+        _path_or_fail(file_to_write, out, "--out")
     chosen = [m.strip() for m in modes.split(",") if m.strip()] if modes else list(MODES)
     unknown = [m for m in chosen if m not in MODES]
     if unknown or not chosen:
@@ -620,9 +638,11 @@ def bench_quality_cmd(
     from loomray.bench.quality import KINDS, METHODS, plot_quality, run_quality, summarize
     from loomray.data import DatasetError
     from loomray.evaluate import EvaluationError
+    from loomray.paths import folder_to_write
 
     extra = list(overrides or []) + ([f"train.steps={steps}"] if steps else [])
     cfg = _config_or_fail(config, extra)
+    folder = _path_or_fail(folder_to_write, out, "--out")
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
     try:
@@ -647,7 +667,6 @@ def bench_quality_cmd(
     table.add_row("pair cost", *(f"{summary[k]['pair_cost'][0]:.4f}" for k in KINDS))
     table.add_row("global OT pair cost", *(f"{global_pair:.4f}" for _ in KINDS))
     console.print(table)
-    folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "quality.json").write_text(
         json.dumps(

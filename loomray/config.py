@@ -174,9 +174,8 @@ def _read_yaml(source: str) -> tuple[dict[str, Any], str]:
         text = resources.files("loomray.presets").joinpath(f"{source}.yaml").read_text()
         origin = f"preset {source}"
     elif path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        text, origin = path.read_text(), str(path)
+
+        text, origin = read_text_file(path, "config file", ConfigError), str(path)
     else:
         raise ConfigError(
             f"unknown preset {source!r}; presets are {', '.join(preset_names())}, "
@@ -185,7 +184,7 @@ def _read_yaml(source: str) -> tuple[dict[str, Any], str]:
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{origin} is not valid YAML: {err}") from err
+        raise ConfigError(f"{origin} is not valid YAML: {yaml_problem(err)}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin} must be a mapping of sections, not {type(raw).__name__}")
     raw.setdefault("name", source if source in preset_names() else path.stem)
@@ -194,6 +193,29 @@ def _read_yaml(source: str) -> tuple[dict[str, Any], str]:
         parent, _ = _read_yaml(str(base))
         raw = _merge(parent, raw)
     return raw, origin
+
+
+def read_text_file(path: Path, what: str, error: type[ValueError]) -> str:
+    """The text of a file the user named, or ``error`` with one sentence saying why not."""
+    from loomray.paths import PathError, file_to_read
+
+    try:
+        return file_to_read(path, what).read_text()
+    except PathError as err:
+        raise error(str(err)) from err
+    except UnicodeDecodeError as err:
+        raise error(f"{what} {path} is not a text file") from err
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in words with its line and column (not PyYAML's "<unicode string>")."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    if problem.startswith("could not determine a constructor for the tag"):
+        tag = problem.split("tag:yaml.org,2002:")[-1].strip("'")
+        problem = f"the tag {tag} is not allowed (plain YAML only)"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

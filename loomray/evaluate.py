@@ -253,8 +253,13 @@ def make_evaluator(
             note=f"digits-classifier FID (held-out accuracy {100 * accuracy:.1f}%)",
         )
     weights = fid_weights or os.environ.get(WEIGHTS_ENV) or None
-    if weights and not Path(weights).is_file():
-        raise EvaluationError(f"Inception weights {weights} do not exist")
+    if weights:
+        from loomray.paths import PathError, file_to_read
+
+        try:
+            file_to_read(weights, "Inception weights file")
+        except PathError as err:
+            raise EvaluationError(str(err)) from err
     if reference.shape[1] != 3:
         raise EvaluationError(
             f"Inception FID needs RGB images, {cfg.data.name} has {reference.shape[1]} channels"

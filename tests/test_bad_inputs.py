@@ -82,6 +82,12 @@ def _setup(tmp: Path) -> None:
     spec = {"base": "digits", "space": {"coupling.caches": {"choice": [1, 2]}}}
     (tmp / "good.yaml").write_text(yaml.safe_dump(spec))
     np.save(tmp / "stray.npy", np.zeros(3))
+    # the wrong kind of thing: a file where a folder goes, a folder where a file goes
+    (tmp / "afile").write_text("not a folder")
+    (tmp / "folder.yaml").mkdir()
+    (tmp / "folder.pth").mkdir()
+    (tmp / "text.pt").write_text("hello, not a checkpoint\n")
+    (tmp / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
 
 
 CASES = [
@@ -130,6 +136,26 @@ CASES = [
     ("train --config digits --run-dir {tmp}/occupied", "is not empty and holds no loomray run"),
     ("train --config digits --run-dir {tmp}/other-run", "holds a run with another config"),
     ("train --config digits --run-dir {tmp}/empty-run --resume", "nothing to resume"),
+    # paths that name the wrong kind of thing
+    ("train --config digits --run-dir {tmp}/afile", "run dir {tmp}/afile is a file, not a folder"),
+    ("train --config digits --run-dir {tmp}/afile/run", "lies under {tmp}/afile, which is a file"),
+    ("train --config {tmp}/folder.yaml", "config file {tmp}/folder.yaml is a folder, not a file"),
+    ("train --config {tmp}/latin1.yaml", "config file {tmp}/latin1.yaml is not a text file"),
+    ("config show --config {tmp}/folder.yaml", "is a folder, not a file"),
+    ("sweep {tmp}/folder.yaml", "sweep spec {tmp}/folder.yaml is a folder, not a file"),
+    ("sweep {tmp}/good.yaml --storage {tmp}/afile", "sweep storage {tmp}/afile is a file"),
+    ("sweep {tmp}/good.yaml --storage {tmp}/afile/s", "lies under {tmp}/afile, which is a file"),
+    ("sample --ckpt {tmp}/toy.pt --out {tmp}/occupied", "--out {tmp}/occupied is a folder"),
+    ("sample --ckpt {tmp}/toy.pt --out {tmp}/afile/x.png", "lies under {tmp}/afile"),
+    ("sample --ckpt {tmp}/text.pt", "is not a file written by torch.save"),
+    ("evaluate --ckpt {tmp}/toy.pt --fid-weights {tmp}/folder.pth", "is a folder, not a file"),
+    ("evaluate --ckpt {tmp}/toy.pt --fid-weights {tmp}/none.pth", "none.pth does not exist"),
+    ("bench loop --config toy2d --out {tmp}/occupied", "--out {tmp}/occupied is a folder"),
+    ("bench quality --config toy2d --out {tmp}/afile", "--out {tmp}/afile is a file, not a folder"),
+    ("table {tmp}/afile", "is not a readable Parquet file"),
+    # YAML errors say where, in words
+    ("train --config {tmp}/bad.yaml", "expected ',' or ']', but got '<stream end>' at line 1"),
+    ("train --config {tmp}/evil.yaml", "the tag python/object/apply:pathlib.Path.touch is not"),
 ]
 
 
@@ -150,6 +176,6 @@ def test_bad_input(tmp_path, command, message):
     assert result.exit_code == 2, result.output
     assert text.count("error:") == 1, result.output
     assert message.format(tmp=tmp_path) in text.split("error: ", 1)[1], result.output
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "<unicode string>" not in result.output
     assert _tree(tmp_path) == before  # nothing changed, nothing added
     assert not (tmp_path / "pwned").exists()  # the pickle never ran

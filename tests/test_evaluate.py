@@ -98,7 +98,7 @@ def test_inception_path_with_random_weights(tmp_path, random_inception_weights):
 def test_missing_inception_weights_is_one_clear_sentence(tmp_path):
     fake_cifar(tmp_path)
     cfg = load_config("cifar10", [f"data.root={tmp_path}", "train.batch=4", "train.workers=1"])
-    with pytest.raises(EvaluationError, match="do not exist"):
+    with pytest.raises(EvaluationError, match="Inception weights file .* does not exist"):
         make_evaluator(cfg, fid_weights=str(tmp_path / "nope.pth"))
     ev = make_evaluator(cfg)
     with pytest.raises(EvaluationError, match="--fid-weights PATH or set LOOMRAY_FID_WEIGHTS"):

@@ -7,6 +7,7 @@ import time
 
 import yaml
 
+from loomray.paths import PathError, folder_to_write
 from loomray.sweep.spec import SweepError, SweepSpec
 from loomray.sweep.summary import SweepResult, summarize
 from loomray.sweep.trial import run_trial
@@ -16,6 +17,10 @@ TRIAL_MEMORY = 512 * 2**20  # bytes reserved by a trial's coordinating function
 
 def prepare_sweep_dir(spec: SweepSpec, resume: bool) -> bool:
     """Check the sweep dir before anything runs; True when it holds this sweep."""
+    try:
+        folder_to_write(spec.storage, "sweep storage")
+    except PathError as err:
+        raise SweepError(str(err)) from err
     d = spec.dir
     spec_path = d / "spec.yaml"
     if spec_path.is_file():

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from loomray.config import Config, ConfigError, load_config_values
+from loomray.config import Config, ConfigError, load_config_values, read_text_file, yaml_problem
 from loomray.sampling import FIXED_SOLVERS, parse_method
 
 SPEC_KEYS = (
@@ -494,8 +494,8 @@ def load_spec(path: str | Path, storage: str | None = None) -> SweepSpec:
     from importlib import resources
 
     source = str(path)
-    if Path(source).is_file():
-        text = Path(source).read_text()
+    if Path(source).exists():
+        text = read_text_file(Path(source), "sweep spec", SweepError)
     elif source in shipped_specs():
         text = resources.files("loomray.sweeps").joinpath(f"{source}.yaml").read_text()
         source = f"{source}.yaml"
@@ -506,5 +506,5 @@ def load_spec(path: str | Path, storage: str | None = None) -> SweepSpec:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SweepError(f"sweep spec {source} is not valid YAML: {err}") from err
+        raise SweepError(f"sweep spec {source} is not valid YAML: {yaml_problem(err)}") from err
     return spec_from_dict(raw, source, storage)

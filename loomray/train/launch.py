@@ -31,6 +31,7 @@ from loomray.config import (
 )
 from loomray.coupling.service import CouplingService, ServiceSpec
 from loomray.data import build_dataset
+from loomray.paths import PathError, folder_to_write
 
 NAMESPACE = "loomray"
 SERVICE_PREFIX = "coupling:"
@@ -88,6 +89,10 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True
 
     ``write=False`` only checks (the driver checks before starting Ray, and
     writes once the cluster has been found able to run it)."""
+    try:
+        folder_to_write(run_dir, "run dir")
+    except PathError as err:
+        raise LaunchError(str(err)) from err
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
         try:
