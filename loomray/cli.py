@@ -534,7 +534,8 @@ def bench_train_cmd(
     except (LaunchError, DatasetError) as err:
         fail(str(err))
     table = Table()
-    for col in ("repeat", "coupling", "steps/s", "wait / step", "wait share", "solve ms"):
+    columns = ("repeat", "coupling", "steps/s", "wait / step", "wait share", "solve ms", "journal")
+    for col in columns:
         table.add_column(col, justify="right")
     for i, pair in enumerate(runs):
         for r in pair:
@@ -545,6 +546,7 @@ def bench_train_cmd(
                 f"{r.wait_ms:.2f} ms",
                 f"{100 * r.wait_fraction:.2f}%",
                 f"{r.solve_ms:.2f}",
+                f"{r.journal_bytes_per_step:,.0f} B/step",
             )
     console.print(
         f"{cfg.name}: {cfg.train.workers} workers, batch {cfg.train.batch}, "

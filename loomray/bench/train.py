@@ -27,6 +27,7 @@ class TrainBenchRun:
     wait_fraction: float
     wait_ms: float
     solve_ms: float
+    journal_bytes_per_step: float
 
 
 def _measure(cfg: Config, kind: str, root: Path) -> TrainBenchRun:
@@ -43,6 +44,7 @@ def _measure(cfg: Config, kind: str, root: Path) -> TrainBenchRun:
         wait,
         1e3 * wait / steps_per_s,
         result.service.get("solve_ms", float("nan")),
+        result.service.get("journal_bytes_per_step", float("nan")),
     )
 
 
