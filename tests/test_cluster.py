@@ -113,7 +113,7 @@ def test_dockerfile_installs_loomray_on_the_matching_ray_image():
 def test_grafana_dashboard_uses_loomrays_metrics():
     dash = json.loads((CLUSTER / "grafana" / "loomray-dashboard.json").read_text())
     exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
-    service = (ROOT / "loomray" / "coupling" / "service.py").read_text()
+    service = (ROOT / "loomray" / "coupling" / "telemetry.py").read_text()
     worker = (ROOT / "loomray" / "train" / "worker.py").read_text()
     for name in (
         "loomray_coupling_solve_seconds",
