@@ -90,6 +90,10 @@ class TrainConfig:
     lr: float = 2e-4
     warmup: int = 5000
     ema: float = 0.9999
+    """EMA decay of the weights that are evaluated and sampled from."""
+    ema_warmup: bool = True
+    """Decay min(train.ema, (1 + step) / (10 + step)): a short run still gets a usable
+    EMA model; a paper-length run ends as with the fixed decay."""
     sigma: float = 1e-7
     grad_clip: float = 1.0
     seed: int = 0

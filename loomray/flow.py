@@ -32,24 +32,41 @@ def cfm_loss(
     return torch.mean((v.float() - (x - z).float()) ** 2)
 
 
+def ema_decay(decay: float, step: int | None, warmup: bool = True) -> float:
+    """The EMA decay at update ``step`` (0-based): ``min(decay, (1 + step) / (10 + step))``.
+
+    With the warm-up the average spans about the last tenth of the steps taken
+    until it reaches ``decay`` (step 9,000 for 0.999, 90,000 for 0.9999), so a
+    run of any length has a usable EMA model; a run far longer than that ends
+    as with a fixed decay (what the first steps contribute has decayed away).
+    The same rule as the TensorFlow EMA with ``num_updates`` and latent
+    diffusion's ``LitEma``."""
+    if not warmup or step is None:
+        return decay
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
 class EMA(nn.Module):
     """Exponential moving average of a model's parameters (buffers copied)."""
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:
         super().__init__()
         self.decay = decay
+        self.warmup = warmup
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int | None = None) -> None:
+        """Average in ``model``'s weights; ``step`` (0-based) sets the warm-up."""
         # One multi-tensor kernel rather than a launch per tensor: on a GPU the
         # training loop is bound by the CPU launching kernels.
         ema, new = list(self.model.parameters()), list(model.parameters())
         if len(ema) != len(new):
             raise ValueError(f"EMA holds {len(ema)} parameters, the model {len(new)}")
-        torch._foreach_lerp_(ema, [p.detach() for p in new], 1.0 - self.decay)
+        decay = ema_decay(self.decay, step, self.warmup)
+        torch._foreach_lerp_(ema, [p.detach() for p in new], 1.0 - decay)
         for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
             e.copy_(b)
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from loomray.config import load_config
-from loomray.flow import EMA, cfm_loss, warmup_constant
+from loomray.flow import EMA, cfm_loss, ema_decay, warmup_constant
 from loomray.models import build_model, count_parameters
 
 
@@ -66,6 +66,13 @@ def test_ema_and_warmup():
         model.weight.add_(1.0)
     ema.update(model)
     assert torch.allclose(ema.model.weight, before + 0.5)
+    # the EMA warm-up: min(decay, (1 + step) / (10 + step)), then the decay itself
+    assert ema_decay(0.9999, 0) == pytest.approx(0.1) and ema_decay(0.9999, 90) == 0.91
+    assert ema_decay(0.999, 8999) == 0.999 and ema_decay(0.999, 10**6) == 0.999
+    assert ema_decay(0.999, 5, warmup=False) == 0.999 and ema_decay(0.999, None) == 0.999
+    slow = EMA(model, decay=0.999)
+    slow.update(torch.nn.Linear(2, 2), step=0)  # the first update takes 90% of the new weights
+    assert not torch.allclose(slow.model.weight, model.weight)
     f = warmup_constant(10)
     assert f(0) == pytest.approx(0.1) and f(9) == 1.0 and f(1000) == 1.0
     assert warmup_constant(0)(0) == 1.0

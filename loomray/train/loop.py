@@ -109,7 +109,7 @@ def build_state(cfg: Config, device: torch.device) -> TrainState:
     model = build_model(cfg).to(device)
     if device.type == "cuda" and cfg.model.kind == "unet":
         model = model.to(memory_format=torch.channels_last)
-    ema = EMA(model, cfg.train.ema)
+    ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup)
     # fused: one kernel for the whole update on a GPU (the loop is launch-bound there)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(cfg.train.warmup))
@@ -190,7 +190,7 @@ def train_steps(
         nn.utils.clip_grad_norm_(state.model.parameters(), cfg.train.grad_clip)
         state.optimizer.step()
         state.scheduler.step()
-        state.ema.update(unwrap(state.model))
+        state.ema.update(unwrap(state.model), step)
         state.step = step + 1
         log = StepLog(
             step=state.step,
