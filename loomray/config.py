@@ -30,14 +30,16 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     name: str = "digits"
-    """cifar10 | imagenet32 | imagenet64 | folder | digits | toy2d | latents | synthetic
-    (random images of the configured shape, for speed measurements without data)"""
+    """The dataset: cifar10, imagenet32, imagenet64, folder, digits, toy2d, latents or
+    synthetic (see the table of datasets below)."""
     root: str | None = None
     """Where the dataset lives (or is downloaded to); None: the loader's default."""
     download: bool = False
     """Let torchvision download CIFAR-10 when it is not under root (needs internet)."""
     resolution: int = 8
+    """Image side in pixels (images are square); folders and npz batches are resized."""
     channels: int = 1
+    """Image channels (3 for RGB)."""
     flip: bool = True
     """Random horizontal flips as extra rows: image i flipped is row i + N."""
     limit: int | None = None
@@ -45,19 +47,27 @@ class DataConfig:
     toy: str = "moons"
     """toy2d target: moons | 8gaussians."""
     toy_points: int = 4096
+    """toy2d: how many points the target has."""
     loader_workers: int = 0
+    """DataLoader processes per training worker that prepare batches (0: in the worker)."""
 
 
 @dataclass
 class ModelConfig:
     kind: str = "unet"
-    """unet | mlp"""
+    """unet (the ADM UNet of the paper) | mlp (toy2d and tiny images)"""
     channels: int = 128
+    """UNet base channels."""
     res_blocks: int = 2
+    """UNet residual blocks per resolution."""
     channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    """UNet channel multiplier per resolution (one level per entry, each halving)."""
     attn_resolutions: tuple[int, ...] = (16,)
+    """UNet resolutions (in pixels) with self-attention."""
     head_channels: int = 64
+    """UNet channels per attention head."""
     dropout: float = 0.1
+    """Dropout in the UNet's residual blocks and the MLP's layers."""
     hidden: int = 256
     """MLP width."""
     layers: int = 3
@@ -67,13 +77,15 @@ class ModelConfig:
 @dataclass
 class CouplingConfig:
     kind: str = "loom"
-    """loom | minibatch-ot | independent"""
+    """loom (LOOM-CFM) | minibatch-ot (OT-CFM) | independent (I-CFM)"""
     caches: int = 4
+    """LOOM: noise caches (seeds) per data row, K."""
     cost: str = "l2"
-    """l2 (the authors') | sql2"""
+    """Assignment cost: l2 (the authors') | sql2 (squared)."""
     seed: int = 0
+    """Seed of the table's seeds and of each step's cache draw or fresh noise."""
     snapshot_every: int = 500
-    """Steps between table snapshots of the coupling service."""
+    """Steps between snapshots of the coupling service's table (each cuts its journal)."""
     timeout_s: float = 300.0
     """How long the service waits for the slowest rank of a step before failing it."""
     service_cpus: float = 0.0
@@ -87,19 +99,28 @@ class TrainConfig:
     batch: int = 128
     """Global batch over all workers."""
     steps: int = 5000
+    """Training steps; raise it and rerun into the run dir to extend a run."""
     lr: float = 2e-4
+    """Adam learning rate, constant after the warm-up."""
     warmup: int = 5000
+    """Steps of linear learning-rate warm-up."""
     ema: float = 0.9999
     """EMA decay of the weights that are evaluated and sampled from."""
     ema_warmup: bool = True
     """Decay min(train.ema, (1 + step) / (10 + step)): a short run still gets a usable
     EMA model; a paper-length run ends as with the fixed decay."""
     sigma: float = 1e-7
+    """Noise added along the path, x_t = (1 - t) z + t x + sigma eps."""
     grad_clip: float = 1.0
+    """Gradient-norm clipping."""
     seed: int = 0
+    """Seed of the initial weights, the data order and each step's t and dropout."""
     workers: int = 1
+    """Ray Train workers (DDP ranks)."""
     gpus_per_worker: float = 0.0
+    """GPUs per worker (0: train on CPUs)."""
     cpus_per_worker: float = 1.0
+    """CPUs per worker (also its torch threads on CPU)."""
     bf16: bool = True
     """bf16 autocast on GPUs (ignored on CPU)."""
     compile: bool = False
@@ -108,7 +129,9 @@ class TrainConfig:
     max_failures: int = 3
     """Worker-group restarts (from the latest checkpoint) before the run fails."""
     log_every: int = 50
+    """Steps between lines of metrics.jsonl."""
     ckpt_every: int = 1000
+    """Steps between checkpoints (train/step-N/: model, EMA, optimizer, table)."""
     sample_every: int = 0
     """Steps between sample grids (0: only at the end)."""
 
@@ -116,11 +139,15 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     methods: tuple[str, ...] = ("euler-1", "euler-2", "midpoint-1", "midpoint-2", "midpoint-4")
+    """Samplers to score: euler-N, midpoint-N, heun-N, rk4-N (N steps) or dopri5."""
     n: int = 50_000
+    """Samples per score."""
     every: int = 0
     """Steps between FID evaluations during training (0: only at the end)."""
     rtol: float = 1e-5
+    """dopri5 relative tolerance."""
     atol: float = 1e-5
+    """dopri5 absolute tolerance."""
 
 
 @dataclass
@@ -172,13 +199,14 @@ def preset_names() -> list[str]:
     )
 
 
-def _read_yaml(source: str) -> tuple[dict[str, Any], str]:
+def _read_yaml(source: str) -> dict[str, Any]:
+    """The raw config of a preset or YAML file, its ``base`` chain applied."""
     path = Path(source)
-    if source in preset_names():
+    preset = source in preset_names()
+    if preset:
         text = resources.files("loomray.presets").joinpath(f"{source}.yaml").read_text()
         origin = f"preset {source}"
     elif path.suffix in (".yaml", ".yml") or path.exists():
-
         text, origin = read_text_file(path, "config file", ConfigError), str(path)
     else:
         raise ConfigError(
@@ -191,12 +219,23 @@ def _read_yaml(source: str) -> tuple[dict[str, Any], str]:
         raise ConfigError(f"{origin} is not valid YAML: {yaml_problem(err)}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin} must be a mapping of sections, not {type(raw).__name__}")
-    raw.setdefault("name", source if source in preset_names() else path.stem)
+    raw.setdefault("name", source if preset else path.stem)
     base = raw.pop("base", None)
     if base is not None:
-        parent, _ = _read_yaml(str(base))
-        raw = _merge(parent, raw)
-    return raw, origin
+        raw = _merge(_read_yaml(str(base)), raw)
+    return raw
+
+
+def flatten_dotted(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``."""
+    out = {}
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_dotted(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def read_text_file(path: Path, what: str, error: type[ValueError]) -> str:
@@ -259,7 +298,7 @@ def set_dotted(out: dict[str, Any], key: str, value: Any) -> bool:
 
 def load_config_values(source: str, values: dict[str, Any]) -> Config:
     """A preset or YAML path with already-typed dotted values applied (sweeps use this)."""
-    raw, _ = _read_yaml(source)
+    raw = _read_yaml(source)
     nested: dict[str, Any] = {}
     for key, value in values.items():
         if (
@@ -268,7 +307,7 @@ def load_config_values(source: str, values: dict[str, Any]) -> Config:
             or not set_dotted(nested, key, value)
         ):
             raise ConfigError(f"config key {key!r} is not of the form section.key")
-    return config_from_dict(_merge(raw, nested))
+    return check_applicable(config_from_dict(_merge(raw, nested)), set(values))
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -426,9 +465,55 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
 def load_config(source: str, overrides: list[str] | None = None) -> Config:
     """A preset name or YAML path, with ``section.key=value`` overrides applied."""
-    raw, _ = _read_yaml(source)
-    raw = _merge(raw, parse_overrides(overrides or []))
-    return config_from_dict(raw)
+    extra = parse_overrides(overrides or [])
+    cfg = config_from_dict(_merge(_read_yaml(source), extra))
+    return check_applicable(cfg, set(flatten_dotted(extra)))
+
+
+_UNET = ("channels", "res_blocks", "channel_mult", "attn_resolutions", "head_channels")
+
+
+def _applies() -> dict[str, tuple[Any, Any]]:
+    """Keys that act only for some models, datasets or couplings: (does it act for
+    this config, why not). Set for another kind, such a key would change nothing."""
+    unet = (lambda c: c.model.kind == "unet", lambda c: "it shapes the UNet and model.kind is mlp")
+    mlp = (lambda c: c.model.kind == "mlp", lambda c: "it shapes the MLP and model.kind is unet")
+    toy = (
+        lambda c: c.data.name == "toy2d",
+        lambda c: f"it shapes toy2d and data.name is {c.data.name}",
+    )
+    image = (lambda c: c.data.name != "toy2d", lambda c: "toy2d data is 2-D points")
+    return {
+        **{f"model.{k}": unet for k in _UNET},
+        **{f"model.{k}": mlp for k in ("hidden", "layers")},
+        **{f"data.{k}": toy for k in ("toy", "toy_points")},
+        **{f"data.{k}": image for k in ("resolution", "channels", "flip")},
+        "data.root": (
+            lambda c: c.data.name not in ("toy2d", "digits", "synthetic"),
+            lambda c: f"{c.data.name} is built in and reads no files",
+        ),
+        "data.download": (
+            lambda c: c.data.name == "cifar10",
+            lambda c: f"only CIFAR-10 is downloaded and data.name is {c.data.name}",
+        ),
+        "coupling.caches": (
+            lambda c: c.coupling.kind == "loom",
+            lambda c: f"only the loom coupling keeps noise caches and coupling.kind is "
+            f"{c.coupling.kind}",
+        ),
+    }
+
+
+def check_applicable(cfg: Config, given: set[str]) -> Config:
+    """Refuse an override (``given``: dotted keys) that has no effect for this model,
+    data or coupling. Config files are not checked: a dumped config (a run's
+    config.yaml, a sweep's best.yaml) holds every key."""
+    rules = _applies()
+    for key in sorted(given & set(rules)):
+        applies, why = rules[key]
+        if not applies(cfg):
+            raise ConfigError(f"{key} has no effect: {why(cfg)}; drop it")
+    return cfg
 
 
 def run_identity(cfg: Config) -> dict[str, Any]:

@@ -52,12 +52,38 @@ def test_offline_presets_default_to_enough_caches():
     assert load_config("digits").coupling.kind == "loom"
 
 
+@pytest.mark.parametrize(
+    "source,overrides,message",
+    [
+        ("digits", ["model.channel_mult=[1,2,2]"], "model.channel_mult has no effect: it shapes "
+         "the UNet and model.kind is mlp"),
+        ("cifar10", ["model.hidden=64"], "model.hidden has no effect: it shapes the MLP"),
+        ("digits", ["data.root=/data"], "data.root has no effect: digits is built in"),
+        ("digits", ["data.toy=moons"], "data.toy has no effect: it shapes toy2d"),
+        ("toy2d", ["data.resolution=16"], "toy2d data is 2-D points"),
+        ("imagenet32", ["data.download=true"], "only CIFAR-10 is downloaded"),
+        (
+            "digits",
+            ["coupling.kind=independent", "coupling.caches=2"],
+            "coupling.caches has no effect: only the loom coupling keeps noise caches",
+        ),
+    ],
+)
+def test_keys_that_would_change_nothing_are_refused(source, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(source, overrides)
+    assert message in str(err.value) and str(err.value).endswith("drop it")
+    # what a preset sets for another kind is no override: switching the kind is fine
+    load_config(source, ["coupling.kind=independent"])
+
+
 def test_overrides_are_typed():
     c = load_config(
         "digits",
         [
             "train.lr=1e-4",
             "coupling.caches=8",
+            "model.kind=unet",
             "model.channel_mult=1,2",
             "data.flip=true",
             "eval.methods=[euler-1,dopri5]",
