@@ -96,7 +96,7 @@ def test_pruned_trainings_and_partial_results_never_reach_optuna_as_complete(tmp
 
     raw = {
         **SPEC,
-        "space": {"coupling.caches": {"choice": [1, 4]}},
+        "space": {"coupling.caches": {"choice": [1, 2, 4]}},
         "overrides": {"train.steps": 300, "eval.every": 100},
         "scheduler": {"kind": "asha", "grace_steps": 100, "reduction_factor": 2},
         "objective": ["fid", "nfe"],
@@ -132,6 +132,29 @@ def test_pruned_trainings_and_partial_results_never_reach_optuna_as_complete(tmp
     state = optuna.trial.TrialState
     assert states == [state.PRUNED, state.PRUNED, state.COMPLETE]
     assert searcher._ot_study.trials[2].values == [95.0, 1.0]
+
+
+def test_tpe_spends_no_trial_on_a_configuration_already_scored(tmp_path):
+    import optuna
+
+    from loomray.sweep.search import make_searcher
+
+    raw = {**SPEC, "space": {"coupling.caches": {"choice": [1, 2, 4]}}, "trials": 3, "seed": 1}
+    spec = spec_from_dict(raw, "t.yaml", storage=str(tmp_path))
+    spec.dir.mkdir(parents=True)
+    searcher = make_searcher(spec)
+    seen = []
+    for i in range(3):
+        params = searcher.suggest(f"t{i}")
+        seen.append(params["coupling.caches"])
+        searcher.on_trial_complete(f"t{i}", {"final": True, "fid": 10.0 + i})
+    assert sorted(seen) == [1, 2, 4]  # three trials, three configurations
+    study = searcher._ot_study
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == len(study.trials) >= 3
+    # a repeat proposed on the way was told its known score, not run again
+    for t in study.trials:
+        assert t.value == 10.0 + seen.index(t.params["coupling.caches"])
 
 
 def test_training_key_ignores_the_sampler_only():
@@ -211,10 +234,17 @@ BAD_SPECS = [
         "scheduler sampler:",
     ),
     (_bad(search="random"), "search is tpe or grid"),
+    (
+        _bad(
+            trials=5,
+            space={"coupling.caches": {"choice": [1, 4]}, "sampler.steps": {"int": [1, 2]}},
+        ),
+        "the space has 4 configurations; trials must be at most 4",
+    ),
     (_bad(search="grid"), "search grid needs choice or int domains, not float"),
     (
         _bad(search="grid", trials=9, space={"coupling.caches": {"choice": [1, 4]}}),
-        "search grid has 2 points; trials must be at most 2",
+        "the space has 2 configurations; trials must be at most 2",
     ),
 ]
 

@@ -11,13 +11,17 @@ trial of that key ends pruned too instead of training it again.
 
 Optuna only learns final scores: a trial whose last result is not final (ASHA
 stopped it, or its training was pruned) reaches the study as PRUNED, never as
-COMPLETE with a partial-budget value.
+COMPLETE with a partial-budget value. TPE on a small discrete space proposes
+configurations it has tried: such a proposal is answered with the known score
+(training and scoring are deterministic) and Optuna is asked again, so every
+trial slot goes to a new configuration.
 
 This module imports Ray Tune; ``loomray.sweep.run`` imports it when a sweep runs.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +36,28 @@ def prune_metric(metric: str) -> str:
     return f"prune_{metric}"
 
 
+# Asks per trial before a configuration that already has a score is run again.
+ASKS = 50
+
+
 class SweepSearch(OptunaSearch):
-    """OptunaSearch that tells the study final scores only (see the module docstring)."""
+    """OptunaSearch that tells the study final scores only and spends no trial on a
+    configuration already scored (see the module docstring)."""
+
+    def suggest(self, trial_id: str):
+        # Training and scoring are deterministic, so a configuration's score is known
+        # once it has one: tell Optuna that score again and ask for another.
+        scored, keys = self.__dict__.setdefault("scored", {}), self.__dict__.setdefault("keys", {})
+        for _ in range(ASKS):
+            params = super().suggest(trial_id)
+            if not isinstance(params, dict):
+                return params
+            key = json.dumps(params, sort_keys=True)
+            if key not in scored:
+                break
+            self._ot_study.tell(self._ot_trials.pop(trial_id), scored[key])
+        keys[trial_id] = key
+        return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Intermediate results are ASHA's reference-sampler FID, not the objective.
@@ -42,6 +66,10 @@ class SweepSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if result is not None and not result.get("final"):
             result = None  # stopped before its final score: PRUNED (FAIL on error)
+        if result is not None and not error and trial_id in self.__dict__.get("keys", {}):
+            metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+            values = [result[m] for m in metrics]
+            self.scored[self.keys[trial_id]] = values if len(values) > 1 else values[0]
         return super().on_trial_complete(trial_id, result=result, error=error)
 
 

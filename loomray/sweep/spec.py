@@ -16,7 +16,14 @@ from typing import Any
 
 import yaml
 
-from loomray.config import Config, ConfigError, load_config_values, read_text_file, yaml_problem
+from loomray.config import (
+    Config,
+    ConfigError,
+    flatten_dotted,
+    load_config_values,
+    read_text_file,
+    yaml_problem,
+)
 from loomray.sampling import FIXED_SOLVERS, parse_method
 
 SPEC_KEYS = (
@@ -220,16 +227,6 @@ def metric_of(cfg: Config) -> str:
     return "energy" if cfg.data.name == "toy2d" else "fid"
 
 
-def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in raw.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
 def _check_fields(raw: Any, source: str) -> None:
     _need(isinstance(raw, dict), f"{source} must be a mapping of sweep fields")
     unknown = sorted(set(raw) - set(SPEC_KEYS))
@@ -262,7 +259,7 @@ def _parse_base(raw: dict[str, Any], source: str) -> str:
 def _parse_overrides(raw: dict[str, Any], source: str) -> dict[str, Any]:
     overrides = raw.get("overrides") or {}
     _need(isinstance(overrides, dict), f"{source}: overrides must be a mapping of config keys")
-    return _flatten(overrides)
+    return flatten_dotted(overrides)
 
 
 def _parse_resources(raw: dict[str, Any], source: str) -> dict[str, Any]:
@@ -420,10 +417,11 @@ def _parse_scheduler(
 
 
 def _parse_search(raw: dict[str, Any], source: str, space: dict[str, Domain]) -> tuple[str, int]:
-    """The search (tpe or grid) and the number of points of a grid (0 for tpe)."""
+    """The search (tpe or grid) and how many configurations the space has (0: endless)."""
     search = raw.get("search", "tpe")
     _need(search in SEARCHES, f"{source}: search is tpe or grid, got {search!r}")
-    if search == "tpe":
+    finite = all(d.kind == "choice" or (d.kind == "int" and not d.log) for d in space.values())
+    if search == "tpe" and not finite:
         return search, 0
     return search, math.prod(len(d.grid()) for d in space.values())
 
@@ -448,14 +446,14 @@ def spec_from_dict(raw: Any, source: str = "spec", storage: str | None = None) -
     objectives = _parse_objectives(raw, source, cfg)
     search, points = _parse_search(raw, source, space)
     trials, concurrency, seed = (
-        _count(raw, source, "trials", points or 8, 1),
+        _count(raw, source, "trials", points if search == "grid" else min(points or 8, 8), 1),
         _count(raw, source, "concurrency", 1, 1),
         _count(raw, source, "seed", 0, 0),
     )
     _need(
         not points or trials <= points,
-        f"{source}: search grid has {points} points; trials must be at most {points}, "
-        f"got {trials}",
+        f"{source}: the space has {points} configurations; trials must be at most {points} "
+        f"(every trial tries a new one), got {trials}",
     )
     default_sampler = SweepSpec.method_of_sampler(sampler)
     scheduler = _parse_scheduler(raw, source, cfg, default_sampler)
