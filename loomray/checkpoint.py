@@ -71,6 +71,27 @@ def resolve_checkpoint(path: Path) -> Path:
     return found[-1]
 
 
+def run_dir_of(checkpoint_file: str | os.PathLike) -> Path:
+    """The run dir a checkpoint belongs to (``<run>/train/step-N/checkpoint.pt``), or the
+    checkpoint's own folder when it is not in a run dir."""
+    path = Path(checkpoint_file).resolve()
+    run = path.parent.parent.parent
+    if path.parent.parent.name == "train" and (run / "config.yaml").is_file():
+        return run
+    return path.parent
+
+
+def latest_step(run_dir: str | os.PathLike) -> int | None:
+    """The step of a run dir's latest checkpoint (read memory-mapped, so cheap for
+    large models), or None when it has none."""
+    try:
+        path = resolve_checkpoint(Path(run_dir) / "train")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["step"])
+    except (CheckpointError, OSError, KeyError, RuntimeError, pickle.UnpicklingError):
+        return None
+
+
 def config_of(ckpt: dict[str, Any]) -> Config:
     try:
         return config_from_dict(ckpt["config"])

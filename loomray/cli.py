@@ -16,7 +16,13 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Measure speed: figures go to docs/results.md.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-console = Console()
+# soft_wrap: long lines (paths) are never broken mid-word when output is not a terminal
+console = Console(soft_wrap=True)
+
+
+def plural(n: int, word: str) -> str:
+    """``plural(1, "worker")`` -> "1 worker"; ``plural(2, "node")`` -> "2 nodes"."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def fail(message: str) -> None:
@@ -114,6 +120,14 @@ def config_show_cmd(
     typer.echo(f"# model parameters: {params:,} ({params / 1e6:.2f}M)")
 
 
+@config_app.command("reference")
+def config_reference_cmd() -> None:
+    """Print every config key with its type, default and meaning (docs/config.md)."""
+    from loomray.config_reference import render_reference
+
+    typer.echo(render_reference())
+
+
 @app.command("sample")
 def sample_cmd(
     ckpt: str = typer.Option(..., help="Checkpoint file or run directory."),
@@ -123,6 +137,9 @@ def sample_cmd(
     n: int = typer.Option(64, help="Number of samples."),
     out: str = typer.Option("samples.png", help="PNG to write (grid, or scatter for toy2d)."),
     seed: int = typer.Option(0, help="Noise seed."),
+    scale: int = typer.Option(
+        None, help="Upscale each image N times in the grid (default: to at least 32 pixels)."
+    ),
 ) -> None:
     """Draw samples from a checkpoint's EMA model and write them as an image."""
     import torch
@@ -135,6 +152,8 @@ def sample_cmd(
 
     if n < 1:
         fail(f"--n must be at least 1, got {n}")
+    if scale is not None and not 1 <= scale <= 64:
+        fail(f"--scale must be in 1..64, got {scale}")
     out = _path_or_fail(file_to_write, out, "--out")
     try:
         parse_method(method)
@@ -145,8 +164,9 @@ def sample_cmd(
         noise_from_seeds(seed * 1_000_003 + torch.arange(n).numpy(), cfg.sample_shape)
     )
     result = sample(model, z, method, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
-    path = save_samples(result.x, out, title=f"{cfg.name} {result.method} ({result.nfe} NFE)")
-    console.print(f"wrote {n} samples ({result.method}, {result.nfe} NFE) to {path}")
+    title = f"{cfg.name} {result.method} ({result.nfe} NFE)"
+    path = save_samples(result.x, out, title=title, scale=scale)
+    console.print(f"wrote {n} samples ({result.method}, {result.nfe} NFE) to {path}", markup=False)
 
 
 def _resolve_train_config(config, overrides, workers, gpus):
@@ -181,13 +201,30 @@ def train_cmd(
     dashboard_host: str = typer.Option("127.0.0.1", help=DASHBOARD_HOST_HELP),
 ) -> None:
     """Train with LOOM-CFM (or a baseline) on Ray: DDP workers + the coupling service."""
+    from loomray.checkpoint import latest_step
     from loomray.data import DatasetError
-    from loomray.train.launch import LaunchError, launch
+    from loomray.train.launch import Interrupted, LaunchError, launch, prepare_run_dir
 
     cfg = _resolve_train_config(config, overrides, workers, gpus)
     run = Path(run_dir) if run_dir else Path("runs") / cfg.name
+    try:
+        at = latest_step(run) if prepare_run_dir(cfg, run, resume, write=False) else None
+    except LaunchError as err:
+        fail(str(err))
+    if at is not None and at >= cfg.train.steps:
+        # Nothing to train: the run, its config and Ray are left alone.
+        console.print(
+            f"run {run} is already at step {at} (train.steps={cfg.train.steps}): nothing to "
+            f"train; raise train.steps to extend it, or score it with "
+            f"loomray evaluate --ckpt {run}",
+            markup=False,
+        )
+        return
 
     _warn_exposure(dashboard_host)
+    console.print(
+        "starting a local Ray..." if address is None else f"joining the Ray cluster at {address}..."
+    )
     try:
         result = launch(
             cfg,
@@ -202,6 +239,12 @@ def train_cmd(
         fail(str(err))
     except ConnectionError as err:
         fail(f"cannot reach the Ray cluster at {address}: {err}")
+    except Interrupted as stop:
+        again = ["loomray", "train", "--config", config, *(overrides or [])]
+        again += [*(["--workers", str(workers)] if workers is not None else [])]
+        again += [*([] if gpus is None else ["--gpus" if gpus else "--cpu"])]
+        again += [*(["--address", address] if address else []), "--run-dir", str(run)]
+        _report_interrupt(stop, again)
     s = result.service
     loss = result.metrics.get("loss", float("nan"))
     console.print(
@@ -214,17 +257,33 @@ def train_cmd(
             f"per solve, solve {s['solve_ms']:.1f} ms, worker wait {s.get('wait_ms', 0):.1f} ms"
         )
     if s.get("workers"):
-        nodes = _node_count(s)
         console.print(
-            f"the coupling service served {len(s['workers'])} workers on {nodes} "
-            f"node{'s' if nodes != 1 else ''} ("
+            f"the coupling service served {plural(len(s['workers']), 'worker')} on "
+            f"{plural(_node_count(s), 'node')} ("
             + ", ".join(f"rank {w['rank']}: {w['batches']} batches" for w in s["workers"])
             + ")"
         )
     quality = {k: v for k, v in result.metrics.items() if "/" in k and not k.startswith("nfe/")}
     if quality:
         console.print("EMA model: " + ", ".join(f"{k} {v:.3f}" for k, v in quality.items()))
-    console.print(f"checkpoint: {result.checkpoint}\nsamples:    {result.run_dir / 'samples'}")
+    console.print(
+        f"checkpoint: {result.checkpoint}\nsamples:    {result.run_dir / 'samples'}", markup=False
+    )
+
+
+def _report_interrupt(stop, again: list[str]) -> None:
+    """Ctrl-C during training: where it stopped, what is saved, how to go on; exit 130."""
+    import shlex
+
+    where = f"at step {stop.step}" if stop.step is not None and stop.step >= 0 else "early"
+    if stop.checkpoint_step is None:
+        saved = "no checkpoint was written yet, so the run starts again from step 0"
+    else:
+        saved = f"the last checkpoint holds step {stop.checkpoint_step}, where the run goes on"
+    console.print(
+        f"interrupted {where}; {saved}. Continue with:\n  {shlex.join(again)}", markup=False
+    )
+    raise typer.Exit(code=130)
 
 
 @app.command("sweep")
@@ -309,7 +368,8 @@ def sweep_cmd(
         console.print(
             f"the sweep stopped with {result.finished} of {sweep.trials} trials finished; "
             f"continue it with: loomray sweep {spec} --resume"
-            + (f" --storage {storage}" if storage else "")
+            + (f" --storage {storage}" if storage else ""),
+            markup=False,
         )
         raise typer.Exit(code=1)
 
@@ -349,11 +409,14 @@ def status_cmd(
     """Live numbers of the loomray runs on a Ray cluster (from their coupling services)."""
     import ray
 
-    from loomray.train.launch import NAMESPACE, SERVICE_PREFIX
+    from loomray.train.launch import NAMESPACE, SERVICE_PREFIX, LaunchError, check_reachable
 
     if not ray.is_initialized():
         try:
+            check_reachable(address)
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+        except LaunchError as err:
+            fail(str(err))
         except ConnectionError as err:
             fail(f"no Ray cluster at {address}: {err}")
     names = [
@@ -378,8 +441,8 @@ def status_cmd(
         table.add_column("what")
         table.add_column("value", justify="right")
         rows = [
-            ("coupling", f"{s['kind']}, {s['world']} workers"),
-            ("step", str(s["step"])),
+            ("coupling", f"{s['kind']}, {plural(s['world'], 'worker')}"),
+            ("step", str(s["step"]) if s.get("phase", "training") == "training" else s["phase"]),
             ("steps/s", num("steps_per_s")),
             ("loss", num("loss", "{:.4f}")),
             (
@@ -395,7 +458,7 @@ def status_cmd(
             ("queue depth", str(s["queue_depth"])),
             (
                 "workers (nodes)",
-                f"{len(s.get('workers', []))} ({_node_count(s)} nodes)",
+                f"{len(s.get('workers', []))} ({plural(_node_count(s), 'node')})",
             ),
             ("service restarts", str(s["restarts"])),
         ]
@@ -424,7 +487,7 @@ def evaluate_cmd(
     """FID (or energy distance for toy2d) and actual NFE per sampler for a checkpoint."""
     import torch
 
-    from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint
+    from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint, run_dir_of
     from loomray.data import DatasetError
     from loomray.evaluate import EvaluationError, evaluate_model, make_evaluator, write_results
     from loomray.paths import file_to_read
@@ -453,15 +516,16 @@ def evaluate_cmd(
     except (CheckpointError, EvaluationError, DatasetError, ValueError) as err:
         fail(str(err))
     step = payload["step"]
-    folder = Path(payload["path"]).parent
-    pq_path, json_path = write_results(rows, folder, f"eval-step{step:07d}-{ref}")
+    # beside the run's in-training evaluations (<run>/eval/eval-step<N>-train.json)
+    folder = run_dir_of(payload["path"]) / "eval"
+    pq_path, json_path = write_results(rows, folder, f"evaluate-step{step:07d}-{ref}")
     table = Table(title=f"{cfg.name} step {step}: {evaluator.note}, n={count}, ref={ref}")
     for col in ("sampler", "NFE", rows[0].metric, "seconds"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r.method, f"{r.nfe:g}", f"{r.value:.4f}", f"{r.seconds:.1f}")
     console.print(table)
-    console.print(f"wrote {pq_path} and {json_path}")
+    console.print(f"wrote {pq_path} and {json_path}", markup=False)
 
 
 @bench_app.command("coupling")
@@ -549,7 +613,7 @@ def bench_train_cmd(
                 f"{r.journal_bytes_per_step:,.0f} B/step",
             )
     console.print(
-        f"{cfg.name}: {cfg.train.workers} workers, batch {cfg.train.batch}, "
+        f"{cfg.name}: {plural(cfg.train.workers, 'worker')}, batch {cfg.train.batch}, "
         f"{steps} steps per run (first of 10 windows left out)"
     )
     console.print(table)
@@ -688,4 +752,4 @@ def bench_quality_cmd(
         folder / "quality.png",
         f"{cfg.name}: {cfg.train.steps} steps, {seeds} seeds",
     )
-    console.print(f"wrote {folder / 'quality.json'} and {plot}")
+    console.print(f"wrote {folder / 'quality.json'} and {plot}", markup=False)

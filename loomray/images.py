@@ -7,9 +7,21 @@ from pathlib import Path
 
 import torch
 
+MIN_PIXELS = 32  # images smaller than this are scaled up in grids (8x8 digits: x4)
 
-def save_samples(x: torch.Tensor, path: str | Path, title: str = "") -> Path:
-    """[N, C, H, W] in [-1, 1] -> a PNG grid; [N, 2] points -> a PNG scatter plot."""
+
+def grid_scale(resolution: int) -> int:
+    """The default upscaling of a grid's images: each at least MIN_PIXELS wide."""
+    return max(1, math.ceil(MIN_PIXELS / resolution))
+
+
+def save_samples(
+    x: torch.Tensor, path: str | Path, title: str = "", scale: int | None = None
+) -> Path:
+    """[N, C, H, W] in [-1, 1] -> a PNG grid; [N, 2] points -> a PNG scatter plot.
+
+    Grid images are scaled up ``scale`` times with nearest-neighbour pixels
+    (default ``grid_scale``: an 8x8 digit becomes 32x32), so small images can be seen."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = x.detach().float().cpu()
@@ -31,5 +43,8 @@ def save_samples(x: torch.Tensor, path: str | Path, title: str = "") -> Path:
     from torchvision.utils import save_image
 
     nrow = max(1, int(math.ceil(math.sqrt(x.shape[0]))))
-    save_image((x.clamp(-1, 1) + 1) / 2, path, nrow=nrow, padding=1)
+    factor = scale if scale is not None else grid_scale(x.shape[-1])
+    if factor > 1:
+        x = torch.nn.functional.interpolate(x, scale_factor=factor, mode="nearest")
+    save_image((x.clamp(-1, 1) + 1) / 2, path, nrow=nrow, padding=factor)
     return path

@@ -153,6 +153,13 @@ CASES = [
     ("bench loop --config toy2d --out {tmp}/occupied", "--out {tmp}/occupied is a folder"),
     ("bench quality --config toy2d --out {tmp}/afile", "--out {tmp}/afile is a file, not a folder"),
     ("table {tmp}/afile", "is not a readable Parquet file"),
+    # a cluster nothing answers at: one sentence in seconds, not minutes of retries
+    ("train --config digits --address 127.0.0.1:1", "cannot reach the Ray cluster at 127.0.0.1:1"),
+    ("status --address 127.0.0.1:1", "nothing answers on 127.0.0.1:1"),
+    ("sweep {tmp}/good.yaml --storage {tmp}/sw --address 127.0.0.1:1", "cannot reach the Ray"),
+    ("train --config digits --address nowhere", "--address nowhere is not host:port"),
+    # keys that would change nothing
+    ("train --config digits model.channel_mult=[1,2,2]", "model.channel_mult has no effect"),
     # YAML errors say where, in words
     ("train --config {tmp}/bad.yaml", "expected ',' or ']', but got '<stream end>' at line 1"),
     ("train --config {tmp}/evil.yaml", "the tag python/object/apply:pathlib.Path.touch is not"),

@@ -119,11 +119,12 @@ def test_evaluate_cli_on_a_digits_checkpoint(tmp_path):
         ["evaluate", "--ckpt", str(ckpt), "--methods", "euler-1,midpoint-2,dopri5", "--n", "300"],
     )
     assert result.exit_code == 0, result.output
-    records = json.loads((tmp_path / "run" / "eval-step0000030-train.json").read_text())
+    out = tmp_path / "run" / "eval"  # not a run dir: beside the checkpoint, in eval/
+    records = json.loads((out / "evaluate-step0000030-train.json").read_text())
     assert [r["method"] for r in records] == ["euler-1", "midpoint-2", "dopri5"]
     assert [r["nfe"] for r in records][:2] == [1, 4] and records[2]["nfe"] > 4
     assert all(r["metric"] == "fid" and r["value"] > 0 for r in records)
-    assert (tmp_path / "run" / "eval-step0000030-train.parquet").is_file()
+    assert (out / "evaluate-step0000030-train.parquet").is_file()
     for args, message in [
         (["--methods", "midpoint-0"], "unknown sampler"),
         (["--ref", "val"], "--ref must be train or test"),

@@ -131,6 +131,8 @@ class CouplingService:
         self.waits: collections.deque = collections.deque(maxlen=1000)
         self.loss: float | None = None
         self.solved = 0
+        self.restored_at: int | None = None
+        self.solved_since_restore = 0
         self.submits: dict[int, int] = {}  # batches received per rank
         self.nodes: dict[int, str] = {}  # the Ray node of each rank
         self.telemetry = ServiceTelemetry(spec.run)
@@ -269,6 +271,7 @@ class CouplingService:
         self.recent.append(Solved(record, stats.caches, stats.seeds))
         seconds = time.perf_counter() - t0
         self.solved += 1
+        self.solved_since_restore += 1
         self._observe(step, seconds, stats, len(rows))
         if self.durable is not None and (step + 1) % self.spec.snapshot_every == 0:
             self.durable.snapshot(self.table, step + 1, [s.record for s in self.recent])
@@ -331,6 +334,7 @@ class CouplingService:
     def _restart_at(self, step: int, table: AssignmentTable | None, creation: bool) -> None:
         """On the solver thread: the new state, and a new journal lineage for it."""
         self.recent.clear()
+        self.restored_at, self.solved_since_restore = step, 0
         self.table = table
         if table is not None:
             self.coupling = LoomCoupling(table, self.spec.cost)
@@ -377,6 +381,7 @@ class CouplingService:
             "step": (self.next_step - 1) if self.next_step is not None else -1,
             "solves": self.solved,
             "restarts": self.restarts,
+            "phase": self._phase(),
             "queue_depth": sum(1 for e in self.steps.values() if not e.event.is_set()),
             "loss": self.loss,
             "workers": [
@@ -400,6 +405,16 @@ class CouplingService:
         if self.waits:
             out["wait_ms"] = 1e3 * float(np.mean(list(self.waits)[-200:]))
         return out
+
+    def _phase(self) -> str:
+        """What the run is doing, for progress bars and `loomray status`."""
+        if self.next_step is None:
+            return "waiting to be restored from a checkpoint"
+        if self.solved_since_restore or (self.restored_at is None and self.solved):
+            return "training"
+        if self.restored_at is None:
+            return "starting the workers"
+        return f"restored to step {self.restored_at}, loading the first batches"
 
     def record(self, images_per_s: float) -> None:
         if self.telemetry.enabled:

@@ -13,6 +13,7 @@ directory holding another run, or anything else, is refused untouched.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from loomray.checkpoint import latest_step
 from loomray.config import (
     Config,
     ConfigError,
@@ -60,6 +62,24 @@ def driver_settings() -> dict[str, str]:
 
 class LaunchError(ValueError):
     """The run cannot start as asked; the message says why and what to do."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped training: where it was, and the step its last checkpoint holds."""
+
+    def __init__(self, step: int | None, checkpoint_step: int | None, run_dir: Path) -> None:
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.checkpoint_step, self.run_dir = step, checkpoint_step, run_dir
+
+
+def _service_step(service) -> int | None:
+    """The step the coupling service last solved, if it still answers."""
+    import ray
+
+    try:
+        return int(ray.get(service.stats.remote(), timeout=5)["step"])
+    except Exception:  # the service may be gone with the cluster
+        return None
 
 
 @dataclass
@@ -125,6 +145,26 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a cluster address nothing answers at (Ray itself retries for
+    minutes). ``auto`` and None are left to Ray: they find a local cluster or none."""
+    if address in (None, "auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise LaunchError(
+            f"--address {address} is not host:port, ray://host:port or auto"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise LaunchError(
+            f"cannot reach the Ray cluster at {address}: nothing answers on {host}:{port} "
+            f"({reason.lower()})"
+        ) from err
+
+
 def security_warnings(dashboard_host: str = "127.0.0.1") -> list[str]:
     """What is unsafe about how Ray is about to be exposed (empty when nothing is)."""
     out = []
@@ -151,12 +191,19 @@ def connect(
     ``dashboard_host`` (127.0.0.1 unless asked otherwise) and keeps Ray's token
     authentication on (see ``security_warnings``).
     """
+    import logging
+
     import ray
 
+    # Ray warns on every start that token authentication is on; it is what we want.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR
+    )
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return _DASHBOARD.get("url")
+    check_reachable(address)
     runtime_env = {"env_vars": driver_settings()}
     if address is None:
         info = ray.init(
@@ -276,6 +323,8 @@ class _Progress:
                 except Exception:  # the service may be restarting; try again
                     continue
                 parts = []
+                if s.get("phase", "training") != "training":
+                    parts.append(s["phase"])
                 if s.get("steps_per_s"):
                     parts.append(f"{s['steps_per_s']:.1f} it/s")
                 if s.get("loss") is not None:
@@ -287,6 +336,28 @@ class _Progress:
                 if s.get("wait_ms") is not None:
                     parts.append(f"wait {s['wait_ms']:.1f} ms")
                 bar.update(task, completed=min(self.total, s["step"] + 1), info="  ".join(parts))
+
+
+def _fit(trainer):
+    """``trainer.fit()`` in a thread of its own, so that Ctrl-C reaches this (main)
+    thread as a KeyboardInterrupt (Ray Train takes SIGINT over when it runs in the
+    main thread, and exits without a word). The Train controller and the workers
+    belong to this process and end with it; what is saved stays saved."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as err:  # handed to the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=run, name="loomray-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def launch(
@@ -351,8 +422,10 @@ def launch(
     started = time.time()
     try:
         with _Progress(service, t.steps, 0, progress):
-            result = trainer.fit()
+            result = _fit(trainer)
         stats = ray.get(service.stats.remote())
+    except KeyboardInterrupt:
+        raise Interrupted(_service_step(service), latest_step(run_dir), run_dir) from None
     finally:
         ray.kill(service)
     ckpt = Path(result.checkpoint.path) if result.checkpoint is not None else None

@@ -34,6 +34,11 @@ TABLE_FILE = "table.parquet"
 SAMPLE_SEED_OFFSET = 10**12  # sampling noise never collides with training seeds
 
 
+def checkpoint_dir_name(step: int) -> str:
+    """``train/step-0001000/``: checkpoints are found by the step they hold."""
+    return f"step-{step:07d}"
+
+
 def _restore(state: TrainState, checkpoint) -> AssignmentTable | None:
     with checkpoint.as_directory() as folder:
         folder = Path(folder)
@@ -165,7 +170,11 @@ def train_worker(config: dict[str, Any]) -> None:
                 AssignmentTable(got["seeds"], got["step"], got["fingerprint"]).save(
                     Path(tmp) / TABLE_FILE
                 )
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=checkpoint_dir_name(step),
+            )
 
     def on_step(log: StepLog) -> None:
         window.append(log)

@@ -105,6 +105,16 @@ def test_a_rank_that_never_submits_times_out_with_its_number():
         asyncio.run(service.submit(0, 0, np.arange(PER_RANK), x))
 
 
+def test_the_phase_says_what_the_run_is_doing():
+    x_all = data()
+    service = CouplingService(spec())
+    assert service.stats()["phase"] == "starting the workers" and service.stats()["step"] == -1
+    asyncio.run(service.restore(0))
+    assert service.stats()["phase"] == "restored to step 0, loading the first batches"
+    asyncio.run(run_ranks(service, 2, x_all))
+    assert service.stats()["phase"] == "training" and service.stats()["step"] == 1
+
+
 def test_bad_submissions():
     service = CouplingService(spec())
     x = np.zeros((2, DIM), np.float32)

@@ -59,11 +59,16 @@ def test_digits_grid_and_bad_sample_inputs(tmp_path):
     assert ok.exit_code == 0, ok.output
     from PIL import Image
 
-    assert Image.open(out).size == (4 * 9 + 1, 4 * 9 + 1)  # 4x4 grid of 8x8 with padding
+    # a 4x4 grid of 8x8 digits scaled up to 32x32, padding scaled alike: viewable
+    assert Image.open(out).size == (4 * 36 + 4, 4 * 36 + 4)
+    args = ["sample", "--ckpt", str(path), "--n", "16", "--out", str(out), "--scale", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert Image.open(out).size == (4 * 9 + 1, 4 * 9 + 1)  # as sampled
     for args, message in [
         (["--ckpt", str(tmp_path / "nope.pt")], "does not exist"),
         (["--ckpt", str(path), "--method", "midpoint-0"], "unknown sampler"),
         (["--ckpt", str(path), "--n", "0"], "at least 1"),
+        (["--ckpt", str(path), "--scale", "0"], "--scale must be in 1..64"),
     ]:
         bad = runner.invoke(app, ["sample", *args, "--out", str(tmp_path / "x.png")])
         assert bad.exit_code == 2 and message in bad.output
