@@ -60,15 +60,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def resolve_checkpoint(path: Path) -> Path:
-    """A run directory or checkpoint directory -> its latest checkpoint file."""
+def checkpoint_files(path: Path) -> list[Path]:
+    """The checkpoint files under a run or checkpoint dir, latest first: by the step in
+    their ``step-N`` folder, then (older layouts) by time."""
     for candidate in (path / "latest.pt", path / "checkpoint.pt"):
         if candidate.is_file():
-            return candidate
-    found = sorted(path.rglob("checkpoint.pt"), key=lambda p: p.stat().st_mtime)
+            return [candidate]
+
+    def order(p: Path) -> tuple[int, float]:
+        name = p.parent.name
+        step = int(name[5:]) if name.startswith("step-") and name[5:].isdigit() else -1
+        return step, p.stat().st_mtime
+
+    return sorted(path.rglob("checkpoint.pt"), key=order, reverse=True)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A run directory or checkpoint directory -> its latest checkpoint file."""
+    found = checkpoint_files(path)
     if not found:
         raise CheckpointError(f"no checkpoint found under {path}")
-    return found[-1]
+    return found[0]
 
 
 def run_dir_of(checkpoint_file: str | os.PathLike) -> Path:
@@ -82,14 +94,15 @@ def run_dir_of(checkpoint_file: str | os.PathLike) -> Path:
 
 
 def latest_step(run_dir: str | os.PathLike) -> int | None:
-    """The step of a run dir's latest checkpoint (read memory-mapped, so cheap for
-    large models), or None when it has none."""
-    try:
-        path = resolve_checkpoint(Path(run_dir) / "train")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(ckpt["step"])
-    except (CheckpointError, OSError, KeyError, RuntimeError, pickle.UnpicklingError):
-        return None
+    """The step of a run dir's latest readable checkpoint (read memory-mapped, so cheap
+    for large models; a half-copied one, e.g. cut by Ctrl-C, is passed over), or None."""
+    for path in checkpoint_files(Path(run_dir) / "train"):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return int(ckpt["step"])
+        except (OSError, KeyError, RuntimeError, pickle.UnpicklingError):
+            continue
+    return None
 
 
 def config_of(ckpt: dict[str, Any]) -> Config:

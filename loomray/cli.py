@@ -207,6 +207,7 @@ def train_cmd(
 
     cfg = _resolve_train_config(config, overrides, workers, gpus)
     run = Path(run_dir) if run_dir else Path("runs") / cfg.name
+    _warn_exposure(dashboard_host)  # before anything can fail or start
     try:
         at = latest_step(run) if prepare_run_dir(cfg, run, resume, write=False) else None
     except LaunchError as err:
@@ -221,7 +222,6 @@ def train_cmd(
         )
         return
 
-    _warn_exposure(dashboard_host)
     console.print(
         "starting a local Ray..." if address is None else f"joining the Ray cluster at {address}..."
     )
@@ -275,7 +275,7 @@ def _report_interrupt(stop, again: list[str]) -> None:
     """Ctrl-C during training: where it stopped, what is saved, how to go on; exit 130."""
     import shlex
 
-    where = f"at step {stop.step}" if stop.step is not None and stop.step >= 0 else "early"
+    where = f"near step {stop.step}" if stop.step is not None and stop.step > 0 else "early"
     if stop.checkpoint_step is None:
         saved = "no checkpoint was written yet, so the run starts again from step 0"
     else:

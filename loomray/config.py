@@ -296,8 +296,13 @@ def set_dotted(out: dict[str, Any], key: str, value: Any) -> bool:
     return True
 
 
-def load_config_values(source: str, values: dict[str, Any]) -> Config:
-    """A preset or YAML path with already-typed dotted values applied (sweeps use this)."""
+def load_config_values(
+    source: str, values: dict[str, Any], unchecked: frozenset[str] = frozenset()
+) -> Config:
+    """A preset or YAML path with already-typed dotted values applied (sweeps use this).
+
+    Every value must act for the resulting config (``check_applicable``) except the
+    ``unchecked`` keys (a sweep's searched keys, whose values come in combinations)."""
     raw = _read_yaml(source)
     nested: dict[str, Any] = {}
     for key, value in values.items():
@@ -307,7 +312,7 @@ def load_config_values(source: str, values: dict[str, Any]) -> Config:
             or not set_dotted(nested, key, value)
         ):
             raise ConfigError(f"config key {key!r} is not of the form section.key")
-    return check_applicable(config_from_dict(_merge(raw, nested)), set(values))
+    return check_applicable(config_from_dict(_merge(raw, nested)), set(values) - unchecked)
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

@@ -119,8 +119,10 @@ def test_driver_settings_carry_every_loomray_variable_with_absolute_paths(
     monkeypatch.setenv("LOOMRAY_CACHE", "~/somewhere")
     monkeypatch.setenv("LOOMRAY_SOMETHING_NEW", "as is")
     monkeypatch.setenv("UNRELATED", "no")
+    monkeypatch.setenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     got = driver_settings()
     assert got["LOOMRAY_FID_WEIGHTS"] == str(tmp_path / "weights" / "pt_inception.pth")
     assert got["LOOMRAY_CACHE"] == os.path.expanduser("~/somewhere")
     assert got["LOOMRAY_SOMETHING_NEW"] == "as is" and "UNRELATED" not in got
     assert got["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.25"
+    assert got["TUNE_DISABLE_STRICT_METRIC_CHECKING"] == "1"  # a sweep's Tuner may run remotely

@@ -110,9 +110,11 @@ def test_pruned_trainings_and_partial_results_never_reach_optuna_as_complete(tmp
             self.trial_id = trial_id
 
     trials = [Trial(f"t{i}") for i in range(3)]
+    proposed = set()
     for t in trials:
-        searcher.suggest(t.trial_id)
+        proposed.add(searcher.suggest(t.trial_id)["coupling.caches"])
         scheduler.on_trial_add(None, t)
+    assert proposed == {1, 2, 4}  # three running trials, three configurations
     keep = scheduler.on_trial_result(
         None, trials[0], {"prune_fid": 50.0, "prune_step": 100, "model": "m0"}
     )
@@ -128,10 +130,13 @@ def test_pruned_trainings_and_partial_results_never_reach_optuna_as_complete(tmp
     searcher.on_trial_complete("t1", {"prune_fid": 80.0, "prune_step": 100, "model": "m1"})
     searcher.on_trial_complete("t0", {"final": False, "pruned": True, "model": "m0"})
     searcher.on_trial_complete("t2", final)
-    states = [t.state for t in searcher._ot_study.trials]
+    # (proposals that repeated a running trial were closed as marked FAILs)
+    told = [t for t in searcher._ot_study.trials if "loomray" not in t.user_attrs]
     state = optuna.trial.TrialState
-    assert states == [state.PRUNED, state.PRUNED, state.COMPLETE]
-    assert searcher._ot_study.trials[2].values == [95.0, 1.0]
+    assert [t.state for t in told] == [state.PRUNED, state.PRUNED, state.COMPLETE]
+    assert told[2].values == [95.0, 1.0]
+    repeats = [t for t in searcher._ot_study.trials if "loomray" in t.user_attrs]
+    assert all(t.state == state.FAIL for t in repeats)
 
 
 def test_tpe_spends_no_trial_on_a_configuration_already_scored(tmp_path):
@@ -155,6 +160,25 @@ def test_tpe_spends_no_trial_on_a_configuration_already_scored(tmp_path):
     # a repeat proposed on the way was told its known score, not run again
     for t in study.trials:
         assert t.value == 10.0 + seen.index(t.params["coupling.caches"])
+
+
+def test_searched_keys_may_act_in_some_combinations_only():
+    raw = {
+        **SPEC,
+        "space": {
+            "coupling.kind": {"choice": ["loom", "minibatch-ot"]},
+            "coupling.caches": {"choice": [1, 4]},
+        },
+        "trials": 4,
+    }
+    spec = spec_from_dict(raw, "t.yaml")
+    cfg, _ = spec.trial_config({"coupling.kind": "minibatch-ot", "coupling.caches": 4})
+    assert cfg.coupling.kind == "minibatch-ot"
+    # a fixed override that never acts is still refused
+    with pytest.raises(SweepError, match="coupling.caches has no effect"):
+        spec_from_dict(
+            {**SPEC, "overrides": {"coupling.kind": "independent", "coupling.caches": 2}}
+        )
 
 
 def test_training_key_ignores_the_sampler_only():

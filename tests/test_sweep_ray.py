@@ -122,12 +122,18 @@ def test_resumed_sweep_finishes_every_trial_once(interrupted_and_resumed):
         study_name="small",
         storage=JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal"))),
     )
-    assert len(study.trials) >= TRIALS
-    assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
+    state = optuna.trial.TrialState
+    complete = [t for t in study.trials if t.state == state.COMPLETE]
+    assert len(complete) >= TRIALS
+    # a proposal that repeated a running trial was closed as a marked FAIL, nothing else
+    for t in study.trials:
+        assert t.state == state.COMPLETE or (
+            t.state == state.FAIL and "repeat" in t.user_attrs.get("loomray", "")
+        )
     by_config = {
         (r["coupling.caches"], r["method"]): (r["fid"], r["nfe"]) for r in rows
     }
-    for t in study.trials:
+    for t in complete:
         p = t.params
         method = f"{p['sampler.solver']}-{p['sampler.steps']}"
         assert tuple(t.values) == pytest.approx(by_config[p["coupling.caches"], method])

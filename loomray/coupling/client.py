@@ -16,6 +16,14 @@ import numpy as np
 RETRIES = 20
 
 
+def _service_gone() -> tuple[type[BaseException], ...]:
+    """What a call raises when the service actor (or the node holding its reply) died;
+    the call is sent again, which a restarted service answers as the dead one would."""
+    from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError
+
+    return (RayActorError, ActorUnavailableError, ObjectLostError)
+
+
 def _backoff(attempt: int) -> None:
     time.sleep(min(5.0, 0.2 * 2**attempt))
 
@@ -24,12 +32,11 @@ def call_service(method, *args, timeout_s: float = 300.0):
     """``ray.get(method.remote(*args))``, sent again while Ray restarts the actor
     (a restarted service rebuilds its state, so the answer is the same)."""
     import ray
-    from ray.exceptions import ActorUnavailableError, RayActorError
 
     for attempt in range(RETRIES):
         try:
             return ray.get(method.remote(*args), timeout=timeout_s)
-        except (RayActorError, ActorUnavailableError):
+        except _service_gone():
             if attempt == RETRIES - 1:
                 raise
             _backoff(attempt)
@@ -61,14 +68,13 @@ class ServiceNoise:
 
     def receive(self, step: int) -> np.ndarray:
         import ray
-        from ray.exceptions import ActorUnavailableError, RayActorError
 
         for attempt in range(RETRIES):
             ref = self.inflight[step][0]
             try:
                 # The service raises its own TimeoutError first; this bound is a backstop.
                 z = ray.get(ref, timeout=self.timeout_s + 60)
-            except (RayActorError, ActorUnavailableError):
+            except _service_gone():
                 if attempt == RETRIES - 1:
                     raise
                 _backoff(attempt)

@@ -34,6 +34,15 @@ _U32 = struct.Struct("<I")
 HEADER_KEYS = ("run", "kind", "rows", "caches", "seed", "cost", "fingerprint", "lineage")
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a node crash must not undo it)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class JournalError(ValueError):
     """A journal that is unreadable or belongs to another run."""
 
@@ -135,6 +144,7 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         self.bytes_written = 0
 

@@ -115,8 +115,9 @@ class DurableState:
         if table is not None:
             self._save_snapshot(table)
         header = self._header("none" if table is None else "snapshot", step)
+        cut = Journal(self.journal_path, header, list(recent))  # replaces the file atomically
         self.journal.close()
-        self.journal = Journal(self.journal_path, header, list(recent))
+        self.journal = cut
 
     def close(self) -> None:
         if self.journal is not None:
@@ -140,16 +141,16 @@ class DurableState:
         """The state of the service that wrote this folder (``creation``: the table
         the spec creates, None for the baselines).
 
-        ``next_step`` is None when the journal cannot be chained to a base (a
-        restore that never finished, a deleted snapshot): the state is lost and
-        the service must be restored from a checkpoint."""
+        ``next_step`` is None when there is no journal or it cannot be chained to a
+        base (a restore that never finished, lost or deleted files): the state is
+        lost and the service must be restored from a checkpoint. Every restore
+        writes a journal, so a service that was ever restored has one."""
         base = None
         if creation is not None and self.snapshot_path.is_file():
             base = self._load_snapshot(creation)
         table = base if base is not None else (creation.copy() if creation else None)
         if not self.journal_path.is_file():
-            # Nothing was ever solved: the first solve starts the journal.
-            return Rebuilt(table, [], table.step if base is not None else 0)
+            return Rebuilt(table, [], None)
         header, records, valid = read_journal(self.journal_path)
         check_header(self.journal_path, header, self.identity)
         if base is not None:

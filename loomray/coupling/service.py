@@ -115,11 +115,11 @@ class CouplingService:
         self.durable = (
             DurableState(spec.snapshot_dir, self._identity()) if spec.snapshot_dir else None
         )
+        self.lost = ""  # why the state is lost, when it is (next_step None)
+        self.restoring_to: int | None = None
         if self.durable is not None and _reconstructed():
-            rebuilt = self.durable.rebuild(creation)
-            self.table, self.next_step = rebuilt.table, rebuilt.next_step
-            self.recent.extend(rebuilt.solved)
             self.restarts = 1
+            self._rebuild(creation)
         self.coupling = make_coupling(spec.kind, self.table, spec.cost)
         self.steps: dict[int, _Step] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-solve")
@@ -136,6 +136,20 @@ class CouplingService:
         self.submits: dict[int, int] = {}  # batches received per rank
         self.nodes: dict[int, str] = {}  # the Ray node of each rank
         self.telemetry = ServiceTelemetry(spec.run)
+
+    def _rebuild(self, creation: AssignmentTable | None) -> None:
+        """A restarted actor: take the dead one's state from snapshot + journal. Files
+        that cannot be used leave a service that waits to be restored (Ray would not
+        restart an actor whose constructor raised, and a restore can still save the run)."""
+        try:
+            rebuilt = self.durable.rebuild(creation)
+        except (ValueError, OSError) as err:  # JournalError is a ValueError
+            self.next_step, self.lost = None, str(err)
+            return
+        self.table, self.next_step = rebuilt.table, rebuilt.next_step
+        self.recent.extend(rebuilt.solved)
+        if self.next_step is None:
+            self.lost = f"its files in {self.spec.snapshot_dir} do not hold a restorable state"
 
     def _identity(self) -> dict[str, Any]:
         s = self.spec
@@ -156,12 +170,7 @@ class CouplingService:
         """This rank's batch of ``step``; returns its noise once the step is solved."""
         if not 0 <= rank < self.spec.world:
             raise ValueError(f"rank {rank} is outside a world of {self.spec.world}")
-        if self.next_step is None:
-            raise LostStateError(
-                f"the coupling service of run {self.spec.run} restarted without a usable "
-                f"snapshot in {self.spec.snapshot_dir}; the workers must restart from the last "
-                "checkpoint"
-            )
+        self._check_state()
         self._record_info(rank, info)
         rows, x = np.asarray(rows, np.int64), np.asarray(x, np.float32)
         if step < self.next_step:  # a resubmit: answer what was answered
@@ -192,6 +201,18 @@ class CouplingService:
             if not entry.results and self.steps.get(step) is entry:
                 del self.steps[step]
         return z
+
+    def _check_state(self) -> None:
+        if self.restoring_to is not None:
+            raise RuntimeError(
+                f"the coupling service is being restored to step {self.restoring_to}; "
+                "requests from before the restore are refused"
+            )
+        if self.next_step is None:
+            raise LostStateError(
+                f"the coupling service of run {self.spec.run} restarted and cannot go on "
+                f"where it was ({self.lost}); the workers must restart from the last checkpoint"
+            )
 
     def _answer_again(self, step: int, rank: int, rows: np.ndarray, shape) -> np.ndarray:
         """The answer ``rank`` got (or would have got) for an already solved ``step``."""
@@ -274,7 +295,10 @@ class CouplingService:
         self.solved_since_restore += 1
         self._observe(step, seconds, stats, len(rows))
         if self.durable is not None and (step + 1) % self.spec.snapshot_every == 0:
-            self.durable.snapshot(self.table, step + 1, [s.record for s in self.recent])
+            try:
+                self.durable.snapshot(self.table, step + 1, [s.record for s in self.recent])
+            except OSError as err:  # the step is journaled: only the cut is postponed
+                print(f"coupling service: snapshot at step {step + 1} failed ({err})", flush=True)
         return z
 
     def _observe(self, step: int, seconds: float, stats, n: int) -> None:
@@ -296,16 +320,22 @@ class CouplingService:
         self, step: int, seeds: np.ndarray | None = None, fingerprint: str = ""
     ) -> None:
         """Restart the service at ``step`` with the table of that step (None: step 0's)."""
-        for entry in self.steps.values():
-            if not entry.event.is_set():
-                entry.error = RuntimeError(f"the service was restored to step {step}")
-                entry.event.set()
-        if self.solver is not None and not self.solver.done():
-            await asyncio.gather(self.solver, return_exceptions=True)
-        self.steps.clear()
         table = self._restored_table(step, seeds, fingerprint)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, self._restart_at, step, table, seeds is None)
+        # A fence: from here until the restore is done, late submits of the old worker
+        # group are refused instead of being solved against the new table.
+        self.restoring_to = step
+        try:
+            for entry in self.steps.values():
+                if not entry.event.is_set():
+                    entry.error = RuntimeError(f"the service was restored to step {step}")
+                    entry.event.set()
+            if self.solver is not None and not self.solver.done():
+                await asyncio.gather(self.solver, return_exceptions=True)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.executor, self._restart_at, step, table, seeds is None)
+            self.steps.clear()
+        finally:
+            self.restoring_to = None
 
     def _restored_table(
         self, step: int, seeds: np.ndarray | None, fingerprint: str
@@ -338,7 +368,7 @@ class CouplingService:
         self.table = table
         if table is not None:
             self.coupling = LoomCoupling(table, self.spec.cost)
-        self.next_step = step
+        self.next_step, self.lost = step, ""
         if self.durable is not None:
             self.durable.begin(table, step, creation)
 
@@ -348,6 +378,7 @@ class CouplingService:
         Waits (up to the timeout) for the solves before ``step`` to finish."""
         if self.table is None:
             return None
+        self._check_state()
         deadline = time.monotonic() + self.spec.timeout_s
         while self.next_step is not None and self.next_step < step:
             if time.monotonic() > deadline:

@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from loomray.coupling.journal import fsync_dir
+
 FORMAT_VERSION = "1"
 _META_PREFIX = "loomray."
 
@@ -98,7 +100,10 @@ class AssignmentTable:
         )
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         pq.write_table(pa.table(columns, schema=schema), tmp)
+        with open(tmp, "rb+") as f:  # durable before it replaces the old snapshot
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
         return path
 
     @classmethod

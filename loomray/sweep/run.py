@@ -61,6 +61,11 @@ def run_sweep(
     from loomray.train.launch import check_resources, connect
 
     resumed = prepare_sweep_dir(spec, resume)
+    # Intermediate results carry ASHA's reference-sampler score and final ones the
+    # objective (loomray.sweep.search); Tune's check that every result carries every
+    # metric would refuse that split. Set before connecting: with ray:// the Tuner runs
+    # on the cluster, and connect() sends this setting along (driver_settings).
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     cfg, _ = spec.trial_config({})  # every trial has the spec's resources
     build_dataset(cfg)  # missing data fails here, not in every trial
     url = connect(address, quiet=quiet, dashboard_host=dashboard_host)
@@ -75,10 +80,6 @@ def run_sweep(
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec), {"cpu": 0, "memory": TRIAL_MEMORY}
     )
-    # Intermediate results carry ASHA's reference-sampler score and final ones the
-    # objective (loomray.sweep.search); Tune's check that every result carries every
-    # metric would refuse that split.
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     started = time.time()
     tune_dir = spec.dir / "tune"
     if resumed and tune.Tuner.can_restore(str(tune_dir)):

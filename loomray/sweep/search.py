@@ -13,8 +13,9 @@ Optuna only learns final scores: a trial whose last result is not final (ASHA
 stopped it, or its training was pruned) reaches the study as PRUNED, never as
 COMPLETE with a partial-budget value. TPE on a small discrete space proposes
 configurations it has tried: such a proposal is answered with the known score
-(training and scoring are deterministic) and Optuna is asked again, so every
-trial slot goes to a new configuration.
+(training and scoring are deterministic; FAIL, marked as a repeat, while that
+configuration still runs) and Optuna is asked again, so every trial slot goes to
+a new configuration.
 
 This module imports Ray Tune; ``loomray.sweep.run`` imports it when a sweep runs.
 """
@@ -22,6 +23,7 @@ This module imports Ray Tune; ``loomray.sweep.run`` imports it when a sweep runs
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,9 @@ def prune_metric(metric: str) -> str:
     return f"prune_{metric}"
 
 
-# Asks per trial before a configuration that already has a score is run again.
+# Proposals asked for per trial before a repeated configuration is accepted.
 ASKS = 50
+logger = logging.getLogger(__name__)
 
 
 class SweepSearch(OptunaSearch):
@@ -45,19 +48,34 @@ class SweepSearch(OptunaSearch):
     configuration already scored (see the module docstring)."""
 
     def suggest(self, trial_id: str):
-        # Training and scoring are deterministic, so a configuration's score is known
-        # once it has one: tell Optuna that score again and ask for another.
+        """A configuration no trial has had yet (after ASKS proposals, a repeat)."""
         scored, keys = self.__dict__.setdefault("scored", {}), self.__dict__.setdefault("keys", {})
-        for _ in range(ASKS):
+        for attempt in range(ASKS):
             params = super().suggest(trial_id)
             if not isinstance(params, dict):
                 return params
             key = json.dumps(params, sort_keys=True)
-            if key not in scored:
+            if key not in keys.values() or attempt == ASKS - 1:
                 break
-            self._ot_study.tell(self._ot_trials.pop(trial_id), scored[key])
+            self._withdraw(trial_id, scored.get(key))
         keys[trial_id] = key
         return params
+
+    def _withdraw(self, trial_id: str, score) -> None:
+        """Close Optuna's proposal of a configuration another trial has or had. Training
+        and scoring are deterministic, so a scored one is told its score again; one
+        still running (or pruned, or failed) is closed as FAIL, marked as a repeat."""
+        import optuna
+
+        ot_trial = self._ot_trials.pop(trial_id)
+        try:
+            if score is not None:
+                self._ot_study.tell(ot_trial, score)
+            else:
+                ot_trial.set_user_attr("loomray", "repeat of another trial's configuration")
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+        except Exception as err:  # as OptunaSearch itself does (a grid that is done)
+            logger.warning(err)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Intermediate results are ASHA's reference-sampler FID, not the objective.

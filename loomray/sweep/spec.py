@@ -203,7 +203,9 @@ class SweepSpec:
         values.update({RESOURCES[k]: v for k, v in self.resources.items()})
         values.update({k: v for k, v in params.items() if k not in SAMPLER_KEYS})
         values["eval.methods"] = [method]
-        return load_config_values(self.base, values), method
+        # A searched key may act only in some combinations (coupling.caches with
+        # coupling.kind searched too); each was checked against the base on its own.
+        return load_config_values(self.base, values, frozenset(self.space)), method
 
     def to_dict(self) -> dict[str, Any]:
         return {

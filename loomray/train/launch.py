@@ -46,6 +46,8 @@ RAY_ENV = {
 # loomray's own settings (``LOOMRAY_*``) that hold paths: sent on as absolute paths,
 # since workers and tasks run in other working directories.
 PATH_SETTINGS = ("LOOMRAY_CACHE", "LOOMRAY_FID_WEIGHTS")
+# Other settings of the driver that the job's processes must share when set.
+FORWARDED = ("TUNE_DISABLE_STRICT_METRIC_CHECKING",)
 
 
 def driver_settings() -> dict[str, str]:
@@ -54,6 +56,7 @@ def driver_settings() -> dict[str, str]:
     nodes that never saw them behave like the driver."""
     out = {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}
     out.update({k: v for k, v in os.environ.items() if k.startswith("LOOMRAY_")})
+    out.update({k: os.environ[k] for k in FORWARDED if k in os.environ})
     for key in PATH_SETTINGS:
         if out.get(key):
             out[key] = str(Path(out[key]).expanduser().resolve())
@@ -116,7 +119,11 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
         try:
-            old = config_from_dict(yaml.safe_load(config_path.read_text()))
+            raw = yaml.safe_load(config_path.read_text())
+            if isinstance(raw, dict) and isinstance(raw.get("train"), dict):
+                # Runs begun before the EMA warm-up existed go on with a fixed decay.
+                raw["train"].setdefault("ema_warmup", False)
+            old = config_from_dict(raw)
         except (ConfigError, yaml.YAMLError) as err:
             raise LaunchError(f"run dir {run_dir} has an unreadable config.yaml: {err}") from err
         # Extending a run, or scoring it with other samplers, is the same run.
@@ -425,7 +432,10 @@ def launch(
             result = _fit(trainer)
         stats = ray.get(service.stats.remote())
     except KeyboardInterrupt:
-        raise Interrupted(_service_step(service), latest_step(run_dir), run_dir) from None
+        solved = _service_step(service)
+        # the service solves up to coupling.prefetch steps ahead of training
+        trained = None if solved is None else max(0, solved - cfg.coupling.prefetch)
+        raise Interrupted(trained, latest_step(run_dir), run_dir) from None
     finally:
         ray.kill(service)
     ckpt = Path(result.checkpoint.path) if result.checkpoint is not None else None

@@ -14,7 +14,6 @@ from test_service import PER_RANK, WORLD, data, replay, rows_of, run_ranks, spec
 
 from loomray.coupling import AssignmentTable
 from loomray.coupling import service as service_module
-from loomray.coupling.journal import JournalError
 from loomray.coupling.recovery import JOURNAL_NAME, SNAPSHOT_NAME
 from loomray.coupling.service import CouplingService, LostStateError
 
@@ -118,14 +117,20 @@ def test_files_of_another_run_are_refused(tmp_path, monkeypatch):
     asyncio.run(run_ranks(dead, 6, x_all))
     other = durable(tmp_path, snapshot_every=4)
     other.run_id = "run-b"
-    with pytest.raises(JournalError, match=r"snapshot .* belongs to another run \(run 'run-a'"):
-        restarted(monkeypatch, other)
+    rows, x = part(6, 0)
+
+    def refused(service, match):
+        # never loaded: the service waits for a restore and says why to every rank
+        assert service.next_step is None
+        with pytest.raises(LostStateError, match=match):
+            asyncio.run(service.submit(6, 0, rows, x))
+
+    refused(restarted(monkeypatch, other), r"snapshot .* belongs to another run \(run 'run-a'")
     (tmp_path / SNAPSHOT_NAME).unlink()
-    with pytest.raises(JournalError, match=r"journal .* belongs to another run \(run 'run-a'"):
-        restarted(monkeypatch, other)
-    reseeded = durable(tmp_path, seed=12)
-    with pytest.raises(JournalError, match="belongs to another run"):
-        restarted(monkeypatch, reseeded)
+    refused(restarted(monkeypatch, other), r"journal .* belongs to another run \(run 'run-a'")
+    refused(restarted(monkeypatch, durable(tmp_path, seed=12)), "belongs to another run")
+    (tmp_path / JOURNAL_NAME).unlink()  # lost files: not a fresh start at step 0
+    refused(restarted(monkeypatch, the_spec), "do not hold a restorable state")
     foreign = AssignmentTable.create(96, 3, seed=99)
     with pytest.raises(ValueError, match="other seeds than this run's table"):
         asyncio.run(dead.restore(4, foreign.seeds, foreign.fingerprint))
@@ -208,3 +213,37 @@ def test_table_at_never_copies_a_solve_in_progress(monkeypatch):
     want, _ = replay(5, x_all)
     assert np.array_equal(got["seeds"], want.seeds)
     assert AssignmentTable(got["seeds"]).is_permutation_of_origin()
+
+
+def test_a_submit_during_a_restore_is_refused(monkeypatch):
+    """A late submit of the old worker group, arriving while a restore waits for the
+    solve in progress, is refused instead of being solved against the new table."""
+    x_all = data()
+    service = CouplingService(spec())
+    written, release = threading.Event(), threading.Event()
+    original = service.coupling.step_with_caches
+
+    def held(rows, x, caches):
+        out = original(rows, x, caches)
+        written.set()
+        release.wait(10)
+        return out
+
+    monkeypatch.setattr(service.coupling, "step_with_caches", held)
+
+    async def scenario():
+        ranks = asyncio.create_task(run_ranks(service, 3, x_all))
+        while not written.is_set():
+            await asyncio.sleep(0.001)
+        restoring = asyncio.create_task(service.restore(0))
+        await asyncio.sleep(0.01)
+        rows, x = part(1, 1)
+        with pytest.raises(RuntimeError, match="being restored to step 0"):
+            await service.submit(1, 1, rows, x)
+        release.set()
+        await restoring
+        await asyncio.gather(ranks, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert service.next_step == 0 and not service.steps and not service.recent
+    assert np.array_equal(service.table.seeds, replay(0, x_all)[0].seeds)

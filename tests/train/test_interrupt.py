@@ -48,7 +48,7 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_go_on(tmp_path):
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 130, out[-3000:]
     text = " ".join(out.split())
-    assert "interrupted at step" in text and "the last checkpoint holds step" in text
+    assert "interrupted near step" in text and "the last checkpoint holds step" in text
     saved = int(text.split("the last checkpoint holds step ")[1].split(",")[0])
     assert saved >= 200 and (run / "train" / f"step-{saved:07d}").is_dir()
     command = out.split("Continue with:")[1].strip().splitlines()[0]
