@@ -19,32 +19,30 @@ class PathError(ValueError):
     """A path names the wrong kind of thing; the message says which and why."""
 
 
-def _blocking_file(path: Path) -> Path | None:
-    """The first existing ancestor of ``path`` that is not a folder, if any."""
+def _not_under_a_file(path: Path, what: str) -> Path:
+    """``path``, unless its first existing ancestor is not a folder."""
     for parent in path.parents:
         if parent.exists():
-            return None if parent.is_dir() else parent
-    return None
+            if not parent.is_dir():
+                raise PathError(
+                    f"{what} {path} lies under {parent}, which is a file, not a folder"
+                )
+            break
+    return path
 
 
 def folder_to_write(path: str | os.PathLike, what: str) -> Path:
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise PathError(f"{what} {path} is a file, not a folder")
-    blocker = _blocking_file(path)
-    if blocker is not None:
-        raise PathError(f"{what} {path} lies under {blocker}, which is a file, not a folder")
-    return path
+    return _not_under_a_file(path, what)
 
 
 def file_to_write(path: str | os.PathLike, what: str) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise PathError(f"{what} {path} is a folder, not a file")
-    blocker = _blocking_file(path)
-    if blocker is not None:
-        raise PathError(f"{what} {path} lies under {blocker}, which is a file, not a folder")
-    return path
+    return _not_under_a_file(path, what)
 
 
 def file_to_read(path: str | os.PathLike, what: str) -> Path:

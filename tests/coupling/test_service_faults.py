@@ -34,6 +34,23 @@ def part(step, rank):
     return r, data()[r]
 
 
+def hold_a_solve(monkeypatch, service, step):
+    """Hold the solve of ``step`` right after it has written the table: ``written`` is
+    set then, and the solver thread waits until ``release`` is set."""
+    written, release = threading.Event(), threading.Event()
+    original = service.coupling.step_with_caches
+
+    def held(rows, x, caches):
+        out = original(rows, x, caches)
+        if service.table.step == step + 1:  # the step has just been applied
+            written.set()
+            release.wait(10)
+        return out
+
+    monkeypatch.setattr(service.coupling, "step_with_caches", held)
+    return written, release
+
+
 def merged(outs, steps):
     return {s: np.concatenate([outs[r][s] for r in range(WORLD)]) for s in steps}
 
@@ -186,17 +203,7 @@ def test_table_at_never_copies_a_solve_in_progress(monkeypatch):
     before it returns; table_at(5) asked meanwhile must still give step 5's table."""
     x_all = data()
     service = CouplingService(spec())
-    written, release = threading.Event(), threading.Event()
-    original = service.coupling.step_with_caches
-
-    def held(rows, x, caches):
-        out = original(rows, x, caches)
-        if service.table.step == 6:  # step 5 has just been applied
-            written.set()
-            release.wait(10)
-        return out
-
-    monkeypatch.setattr(service.coupling, "step_with_caches", held)
+    written, release = hold_a_solve(monkeypatch, service, step=5)
 
     async def scenario():
         ranks = asyncio.create_task(run_ranks(service, 6, x_all))
@@ -220,16 +227,7 @@ def test_a_submit_during_a_restore_is_refused(monkeypatch):
     solve in progress, is refused instead of being solved against the new table."""
     x_all = data()
     service = CouplingService(spec())
-    written, release = threading.Event(), threading.Event()
-    original = service.coupling.step_with_caches
-
-    def held(rows, x, caches):
-        out = original(rows, x, caches)
-        written.set()
-        release.wait(10)
-        return out
-
-    monkeypatch.setattr(service.coupling, "step_with_caches", held)
+    written, release = hold_a_solve(monkeypatch, service, step=0)
 
     async def scenario():
         ranks = asyncio.create_task(run_ranks(service, 3, x_all))
