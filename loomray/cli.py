@@ -483,6 +483,11 @@ def evaluate_cmd(
         "default $LOOMRAY_FID_WEIGHTS, else downloaded.",
     ),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    workers: int = typer.Option(
+        1, help="Ray workers that share the sampling (one GPU each with --gpus, else one CPU)."
+    ),
+    gpus: bool = typer.Option(False, "--gpus/--cpu", help="Workers on GPUs (with --workers)."),
+    address: str = typer.Option(None, help="Ray cluster for --workers (default: a local Ray)."),
 ) -> None:
     """FID (or energy distance for toy2d) and actual NFE per sampler for a checkpoint."""
     import torch
@@ -491,9 +496,12 @@ def evaluate_cmd(
     from loomray.data import DatasetError
     from loomray.evaluate import EvaluationError, evaluate_model, make_evaluator, write_results
     from loomray.paths import file_to_read
+    from loomray.train.launch import LaunchError
 
     if fid_weights:
         _path_or_fail(file_to_read, fid_weights, "--fid-weights")
+    if workers < 1:
+        fail(f"--workers must be at least 1, got {workers}")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         payload = load_checkpoint(ckpt)
@@ -503,17 +511,24 @@ def evaluate_cmd(
         if count < 2:
             raise EvaluationError(f"--n must be at least 2, got {count}")
         evaluator = make_evaluator(cfg, ref, fid_weights, dev)
-        with console.status("sampling and scoring...") as status:
-            rows = evaluate_model(
-                model,
-                cfg,
-                names,
-                count,
-                evaluator,
-                dev,
-                progress=lambda m, i, total: status.update(f"{m}: {i}/{total} samples"),
+        if workers > 1:
+            rows = _evaluate_on_workers(
+                payload["path"], names, count, evaluator, workers, gpus, fid_weights, address
             )
-    except (CheckpointError, EvaluationError, DatasetError, ValueError) as err:
+        else:
+            with console.status("sampling and scoring...") as status:
+                rows = evaluate_model(
+                    model,
+                    cfg,
+                    names,
+                    count,
+                    evaluator,
+                    dev,
+                    progress=lambda i, total: status.update(
+                        f"{len(names)} samplers: {i}/{total} samples"
+                    ),
+                )
+    except (CheckpointError, EvaluationError, DatasetError, LaunchError, ValueError) as err:
         fail(str(err))
     step = payload["step"]
     # beside the run's in-training evaluations (<run>/eval/eval-step<N>-train.json)
@@ -526,6 +541,17 @@ def evaluate_cmd(
         table.add_row(r.method, f"{r.nfe:g}", f"{r.value:.4f}", f"{r.seconds:.1f}")
     console.print(table)
     console.print(f"wrote {pq_path} and {json_path}", markup=False)
+
+
+def _evaluate_on_workers(checkpoint, names, count, evaluator, workers, gpus, weights, address):
+    from loomray.evaluate_workers import evaluate_with_workers
+    from loomray.train.launch import connect
+
+    connect(address, quiet=True)
+    if evaluator.metric == "fid":
+        evaluator.reference_sums()  # computed (or read from the cache) once, here
+    with console.status(f"sampling and scoring on {plural(workers, 'worker')}..."):
+        return evaluate_with_workers(checkpoint, names, count, evaluator, workers, gpus, weights)
 
 
 @bench_app.command("coupling")
@@ -573,7 +599,12 @@ def bench_coupling_cmd(
 def bench_train_cmd(
     config: str = typer.Option("digits", "--config", "-c", help="Preset name or YAML path."),
     overrides: list[str] = typer.Argument(None, help="section.key=value overrides."),
-    workers: int = typer.Option(None, help="Training workers."),
+    workers: str = typer.Option(
+        None,
+        help="Training workers; several (1,2) measure scaling: LOOM at each count with "
+        "the same --batch-per-rank.",
+    ),
+    batch_per_rank: int = typer.Option(None, help="With several --workers (default 64)."),
     steps: int = typer.Option(1000, help="Steps of each run."),
     address: str = typer.Option(None, help="Ray cluster to join (default: a local Ray)."),
     repeats: int = typer.Option(1, help="Alternating loom/independent pairs to run."),
@@ -585,8 +616,16 @@ def bench_train_cmd(
     from loomray.data import DatasetError
     from loomray.train.launch import LaunchError, connect
 
+    try:
+        counts = [int(w) for w in workers.split(",")] if workers else []
+    except ValueError:
+        fail(f"--workers must be comma-separated integers, got {workers!r}")
+    if any(c < 1 for c in counts):
+        fail(f"--workers must be at least 1, got {workers}")
     extra = [*(overrides or []), f"train.steps={steps}", f"train.ckpt_every={steps}"]
-    cfg = _resolve_train_config(config, extra, workers, None)
+    if len(counts) > 1:
+        return _bench_scaling(config, extra, counts, batch_per_rank or 64, steps, address)
+    cfg = _resolve_train_config(config, extra, counts[0] if counts else None, None)
     log_every = max(1, steps // 10)
     cfg.train.log_every = log_every
     if repeats < 1:
@@ -626,6 +665,78 @@ def bench_train_cmd(
     )
 
 
+def _bench_scaling(config, extra, counts, per_rank, steps, address) -> None:
+    from loomray.bench.train import bench_scaling
+    from loomray.data import DatasetError
+    from loomray.train.launch import LaunchError, connect
+
+    extra = [*extra, f"train.batch={max(counts) * per_rank}", f"train.workers={max(counts)}"]
+    cfg = _config_or_fail(config, extra)
+    cfg.train.log_every = max(1, steps // 10)
+    try:
+        connect(address, quiet=True)
+        with console.status(f"training {cfg.name} at {', '.join(map(str, counts))} workers..."):
+            runs = bench_scaling(cfg, counts, per_rank)
+    except (LaunchError, DatasetError) as err:
+        fail(str(err))
+    table = Table(title=f"{cfg.name}: LOOM, {per_rank} images per rank, {steps} steps per run")
+    for col in ("workers", "global batch", "images/s", "vs 1st", "wait share"):
+        table.add_column(col, justify="right")
+    for r in runs:
+        ratio = r.images_per_s / runs[0].images_per_s
+        table.add_row(
+            str(r.workers), str(r.batch), f"{r.images_per_s:.0f}", f"{ratio:.2f}x",
+            f"{100 * r.wait_fraction:.2f}%",
+        )
+    console.print(table)
+
+
+@bench_app.command("eval")
+def bench_eval_cmd(
+    config: str = typer.Option("digits", "--config", "-c", help="Preset name or YAML path."),
+    overrides: list[str] = typer.Argument(None, help="section.key=value overrides."),
+    workers: str = typer.Option("1,2", help="Comma-separated worker counts to time."),
+    n: int = typer.Option(None, help="Samples per sampler (default: eval.n)."),
+    steps: int = typer.Option(300, help="Training steps of the model evaluated."),
+    repeats: int = typer.Option(2, help="Timed rounds over the worker counts."),
+    address: str = typer.Option(None, help="Ray cluster to join (default: a local Ray)."),
+) -> None:
+    """Wall time of one evaluation (every eval.methods sampler) with 1, 2, ... workers."""
+    import numpy as np
+
+    from loomray.bench.eval import bench_eval
+    from loomray.data import DatasetError
+    from loomray.evaluate import EvaluationError
+    from loomray.train.launch import LaunchError, connect
+
+    try:
+        counts = sorted({int(w) for w in workers.split(",")})
+    except ValueError:
+        fail(f"--workers must be comma-separated integers, got {workers!r}")
+    if not counts or counts[0] < 1 or steps < 1 or repeats < 1:
+        fail("--workers must be >= 1, and --steps and --repeats at least 1")
+    cfg = _config_or_fail(config, list(overrides or []))
+    count = n or cfg.eval.n
+    try:
+        connect(address, quiet=True)
+        with console.status(f"{cfg.name}: evaluating {count} samples per sampler..."):
+            runs = bench_eval(cfg, counts, count, steps, repeats)
+    except (LaunchError, DatasetError, EvaluationError) as err:
+        fail(str(err))
+    methods = list(cfg.eval.methods)
+    table = Table(title=f"{cfg.name}: {count} samples x {', '.join(methods)}")
+    for col in ("workers", "seconds (median)", "speed-up", *methods):
+        table.add_column(col, justify="right")
+    base = float(np.median([r.seconds for r in runs if r.workers == counts[0]]))
+    for w in counts:
+        mine = [r for r in runs if r.workers == w]
+        seconds = float(np.median([r.seconds for r in mine]))
+        values = [f"{mine[0].values[m]:.4f}" for m in methods]
+        table.add_row(str(w), f"{seconds:.1f}", f"{base / seconds:.2f}x", *values)
+    console.print(table)
+    console.print(f"per round: {', '.join(f'{r.workers}w {r.seconds:.1f}s' for r in runs)}")
+
+
 @bench_app.command("loop")
 def bench_loop_cmd(
     config: str = typer.Option("cifar10", "--config", "-c", help="Preset name or YAML path."),
@@ -638,6 +749,11 @@ def bench_loop_cmd(
         None,
         help="Comma-separated noise sources to time: independent, loom-inline, loom-overlap, "
         "independent-fp32 (the bf16 reference on CUDA). Default: all.",
+    ),
+    batch_per_rank: int = typer.Option(
+        None,
+        help="The batch of this one process, as one rank of a multi-GPU run sees it (the "
+        "paper's 4-GPU CIFAR-10: 32); default the config's global batch.",
     ),
 ) -> None:
     """Steps/s of one training process (no Ray): independent, LOOM inline, LOOM overlapped."""
@@ -657,7 +773,10 @@ def bench_loop_cmd(
     unknown = [m for m in chosen if m not in MODES]
     if unknown or not chosen:
         fail(f"unknown --modes {', '.join(unknown) or '(none)'}; use {', '.join(MODES)}")
-    cfg = _config_or_fail(config, list(overrides or []))
+    extra = list(overrides or [])
+    if batch_per_rank is not None:
+        extra += [f"train.batch={batch_per_rank}", "train.workers=1"]
+    cfg = _config_or_fail(config, extra)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         with console.status(f"{cfg.name} on {dev}: {warmup} + {steps} steps per mode..."):
@@ -665,7 +784,9 @@ def bench_loop_cmd(
     except DatasetError as err:
         fail(str(err))
     name = torch.cuda.get_device_name() if dev == "cuda" else "CPU"
-    compiled = ", torch.compile" if cfg.train.compile else ""
+    compiled = (
+        ", CUDA graphs" if cfg.train.graph else ", torch.compile" if cfg.train.compile else ""
+    )
     table = Table(
         title=f"{cfg.name} on {name}, batch {cfg.train.batch}, {steps} timed steps{compiled}"
     )

@@ -126,6 +126,9 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the network's training forward and backward (the first steps
     compile; on a GPU the eager loop is bound by kernel launches)."""
+    graph: bool = False
+    """Like compile, with CUDA graphs (mode reduce-overhead): the forward and backward
+    replay as one launch. Needs a fixed batch per rank (loomray's always is)."""
     max_failures: int = 3
     """Worker-group restarts (from the latest checkpoint) before the run fails."""
     log_every: int = 50
@@ -142,6 +145,9 @@ class EvalConfig:
     """Samplers to score: euler-N, midpoint-N, heun-N, rk4-N (N steps) or dopri5."""
     n: int = 50_000
     """Samples per score."""
+    batch: int = 1000
+    """Samples per sampling batch (its samples depend on it: dopri5's step control looks
+    at the whole batch); workers split the batches."""
     every: int = 0
     """Steps between FID evaluations during training (0: only at the end)."""
     rtol: float = 1e-5
@@ -455,6 +461,7 @@ def validate(cfg: Config) -> Config:
         except ValueError as err:
             raise ConfigError(f"eval.methods: {err}") from err
     need(e.n >= 2, f"eval.n must be at least 2, got {e.n}")
+    need(e.batch >= 1, f"eval.batch must be at least 1, got {e.batch}")
     need(e.every >= 0, "eval.every must be >= 0")
     need(e.rtol > 0 and e.atol > 0, "eval.rtol and eval.atol must be positive")
     if d.limit is not None and d.name != "toy2d":

@@ -18,19 +18,21 @@ cache dir, keyed by dataset, split, size and extractor, and computed once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from loomray.config import Config
 from loomray.coupling import noise_from_seeds
+from loomray.fid import FeatureSums, extract_features, frechet_distance
 from loomray.sampling import parse_method, sample
 
 WEIGHTS_ENV = "LOOMRAY_FID_WEIGHTS"
@@ -148,17 +150,6 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-class _Images(Dataset):
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
-
-
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     """2 E|X-Y| - E|X-X'| - E|Y-Y'| on the samples (V-statistic, exact)."""
     x, y = x.double().reshape(len(x), -1), y.double().reshape(len(y), -1)
@@ -167,7 +158,11 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
 
 @dataclass
 class Evaluator:
-    """Scores sample sets against one reference set of a dataset split."""
+    """Scores sample sets against one reference set of a dataset split.
+
+    A set can be scored in shares (``share`` per part, ``value`` of them all), so
+    several workers each sample and featurize a part and only the shares travel:
+    FeatureSums for FID (see loomray.fid), the samples themselves for toy2d."""
 
     metric: str  # "fid" or "energy"
     reference: torch.Tensor
@@ -176,38 +171,61 @@ class Evaluator:
     cache_name: str | None = None
     device: str = "cpu"
     note: str = ""
+    _model: nn.Module | None = field(default=None, repr=False)
+
+    def _extractor(self) -> nn.Module:
+        if self._model is None:
+            from torch_fidelity.utils import create_feature_extractor
+
+            kwargs = {"verbose": False}
+            if self.weights:
+                kwargs["feature_extractor_weights_path"] = self.weights
+            layer = "128" if self.extractor == DIGITS_EXTRACTOR else "2048"
+            try:
+                self._model = create_feature_extractor(
+                    self.extractor, [layer], cuda=self.device == "cuda", **kwargs
+                )
+            except (OSError, RuntimeError) as err:
+                if self.extractor == INCEPTION and not self.weights:
+                    raise EvaluationError(
+                        "FID needs torch-fidelity's Inception weights "
+                        "(weights-inception-2015-12-05-6726825d.pth): pass --fid-weights PATH "
+                        f"or set {WEIGHTS_ENV}; downloading them failed ({err})"
+                    ) from err
+                raise
+        return self._model
+
+    def share(self, samples: torch.Tensor, key: int = 0):
+        """What the part ``key`` (e.g. a batch index) of a sample set contributes:
+        its FeatureSums for FID, the points themselves (by key) for toy2d."""
+        if self.metric == "energy":
+            return {key: samples.detach().double().cpu()}
+        return FeatureSums.of(extract_features(self._extractor(), to_uint8(samples), self.device))
+
+    @staticmethod
+    def merge(a, b):
+        """Two shares as one: sums add up, points are kept by key."""
+        return {**a, **b} if isinstance(a, dict) else a + b
+
+    def value(self, shares: list) -> float:
+        """The score of the set that ``shares`` make up together."""
+        total = functools.reduce(self.merge, shares)
+        if self.metric == "energy":
+            return energy_distance(torch.cat([total[k] for k in sorted(total)]), self.reference)
+        return frechet_distance(total, self.reference_sums())
 
     def score(self, samples: torch.Tensor) -> float:
-        if self.metric == "energy":
-            return energy_distance(samples.cpu(), self.reference)
-        import torch_fidelity
+        return self.value([self.share(samples)])
 
-        kwargs = dict(
-            input1=_Images(to_uint8(samples)),
-            input2=_Images(self.reference),
-            fid=True,
-            feature_extractor=self.extractor,
-            cuda=self.device == "cuda",
-            verbose=False,
-            save_cpu_ram=True,
-            samples_shuffle=False,
-            cache_root=str(cache_dir() / "fid"),
-            cache=self.cache_name is not None,
-            input2_cache_name=self.cache_name,
-        )
-        if self.weights:
-            kwargs["feature_extractor_weights_path"] = self.weights
-        try:
-            metrics = torch_fidelity.calculate_metrics(**kwargs)
-        except (OSError, RuntimeError) as err:
-            if self.extractor == INCEPTION and not self.weights:
-                raise EvaluationError(
-                    "FID needs torch-fidelity's Inception weights "
-                    "(weights-inception-2015-12-05-6726825d.pth): pass --fid-weights PATH or "
-                    f"set {WEIGHTS_ENV}; downloading them failed ({err})"
-                ) from err
-            raise
-        return float(metrics["frechet_inception_distance"])
+    def reference_sums(self) -> FeatureSums:
+        """The reference split's feature sums, computed once and cached on disk."""
+        path = cache_dir() / "fid" / f"{self.cache_name}-{self.extractor}-sums.npz"
+        sums = FeatureSums.load(path) if self.cache_name else None
+        if sums is None:
+            sums = FeatureSums.of(extract_features(self._extractor(), self.reference, self.device))
+            if self.cache_name:
+                sums.save(path)
+        return sums
 
 
 def reference_images(cfg: Config, split: str) -> torch.Tensor:
@@ -232,10 +250,18 @@ def reference_images(cfg: Config, split: str) -> torch.Tensor:
 
 
 def make_evaluator(
-    cfg: Config, split: str = "train", fid_weights: str | None = None, device: str = "cpu"
+    cfg: Config,
+    split: str = "train",
+    fid_weights: str | None = None,
+    device: str = "cpu",
+    with_reference: bool = True,
 ) -> Evaluator:
+    """The metric of a config's data. ``with_reference=False``: for a worker that only
+    computes shares (``Evaluator.share``); whoever combines them needs the reference."""
     if split not in ("train", "test"):
         raise EvaluationError(f"--ref must be train or test, got {split!r}")
+    if not with_reference:
+        return _share_evaluator(cfg, fid_weights, device)
     reference = reference_images(cfg, split)
     if cfg.data.name == "toy2d":
         return Evaluator("energy", reference, device=device, note="energy distance to data")
@@ -269,6 +295,17 @@ def make_evaluator(
     return Evaluator("fid", reference, INCEPTION, weights, cache_name, device, note="Inception FID")
 
 
+def _share_evaluator(cfg: Config, fid_weights: str | None, device: str) -> Evaluator:
+    empty = torch.zeros(0)
+    if cfg.data.name == "toy2d":
+        return Evaluator("energy", empty, device=device)
+    if cfg.data.name == "digits":
+        _register_digits_extractor()
+        return Evaluator("fid", empty, DIGITS_EXTRACTOR, device=device)
+    weights = fid_weights or os.environ.get(WEIGHTS_ENV) or None
+    return Evaluator("fid", empty, INCEPTION, weights, device=device)
+
+
 @dataclass
 class EvalRow:
     method: str
@@ -279,6 +316,83 @@ class EvalRow:
     seconds: float
 
 
+@dataclass
+class MethodShare:
+    """One worker's part of one sampler's evaluation."""
+
+    share: Any  # the evaluator's share of all this worker's batches (see Evaluator.share)
+    count: int
+    nfe_total: float  # sum over the part's samples of the NFE spent on them
+    seconds: float
+
+
+def eval_batches(n: int, batch: int, rank: int = 0, world: int = 1) -> list[tuple[int, int]]:
+    """The [lo, hi) sample ranges this worker evaluates: global batches of ``batch``
+    samples, batch k to worker k % world. Batches are the same whatever the number of
+    workers, so every sample (and dopri5's step control, which looks at its whole
+    batch) is the same too."""
+    ranges = [(lo, min(n, lo + batch)) for lo in range(0, n, batch)]
+    return ranges[rank::world]
+
+
+def sample_shares(
+    model: nn.Module,
+    cfg: Config,
+    methods: list[str] | tuple[str, ...],
+    n: int,
+    evaluator: Evaluator,
+    device: str | torch.device = "cpu",
+    rank: int = 0,
+    world: int = 1,
+    progress=None,
+) -> dict[str, MethodShare]:
+    """This worker's part of the evaluation: its batches, every sampler from the same
+    noise per sample index (EMA weights, no grad, bf16 on CUDA when training is)."""
+    for m in methods:
+        parse_method(m)
+    device = torch.device(device)
+    model = model.to(device).eval()
+    bf16 = device.type == "cuda" and cfg.train.bf16
+    parts = {m: MethodShare(None, 0, 0.0, 0.0) for m in methods}
+    ranges = eval_batches(n, cfg.eval.batch, rank, world)
+    total, done = sum(hi - lo for lo, hi in ranges), 0
+    for lo, hi in ranges:
+        seeds = np.arange(lo, hi) + EVAL_SEED_OFFSET
+        z = torch.from_numpy(noise_from_seeds(seeds, cfg.sample_shape)).to(device)
+        for method in methods:
+            start = time.perf_counter()
+            with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                result = sample(model, z, method, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
+            part = parts[method]
+            share = evaluator.share(result.x.float(), lo)
+            part.share = share if part.share is None else evaluator.merge(part.share, share)
+            part.count += hi - lo
+            part.nfe_total += result.nfe * (hi - lo)
+            part.seconds += time.perf_counter() - start
+        done += hi - lo
+        if progress is not None:
+            progress(done, total)
+    return parts
+
+
+def combine_shares(
+    evaluator: Evaluator, methods, n: int, parts: list[dict[str, MethodShare]]
+) -> list[EvalRow]:
+    """The table of scores from every worker's parts (``sample_shares``)."""
+    rows = []
+    for method in methods:
+        mine = [p[method] for p in parts if p[method].count]
+        count = sum(p.count for p in mine)
+        if count != n:
+            raise ValueError(f"{method}: the workers' parts hold {count} of {n} samples")
+        value = evaluator.value([p.share for p in mine])
+        nfe = sum(p.nfe_total for p in mine) / count
+        rows.append(
+            EvalRow(method, nfe, evaluator.metric, value, n, max(p.seconds for p in mine))
+        )
+    return rows
+
+
 def evaluate_model(
     model: nn.Module,
     cfg: Config,
@@ -286,38 +400,11 @@ def evaluate_model(
     n: int,
     evaluator: Evaluator,
     device: str | torch.device = "cpu",
-    batch: int = 1000,
     progress=None,
 ) -> list[EvalRow]:
-    """Sample ``n`` per method from fixed evaluation noise and score each set."""
-    for m in methods:
-        parse_method(m)
-    device = torch.device(device)
-    model = model.to(device).eval()
-    rows = []
-    for method in methods:
-        start = time.perf_counter()
-        chunks, nfes = [], []
-        for lo in range(0, n, batch):
-            seeds = np.arange(lo, min(n, lo + batch)) + EVAL_SEED_OFFSET
-            z = torch.from_numpy(noise_from_seeds(seeds, cfg.sample_shape)).to(device)
-            result = sample(model, z, method, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
-            chunks.append(result.x.float().cpu())
-            nfes.append(result.nfe)
-            if progress is not None:
-                progress(method, min(n, lo + batch), n)
-        value = evaluator.score(torch.cat(chunks))
-        rows.append(
-            EvalRow(
-                method,
-                float(np.mean(nfes)),
-                evaluator.metric,
-                value,
-                n,
-                time.perf_counter() - start,
-            )
-        )
-    return rows
+    """Sample ``n`` per method from fixed evaluation noise and score each set (one worker)."""
+    parts = sample_shares(model, cfg, methods, n, evaluator, device, progress=progress)
+    return combine_shares(evaluator, methods, n, [parts])
 
 
 def write_results(rows: list[EvalRow], folder: Path, stem: str) -> tuple[Path, Path]:

@@ -27,7 +27,8 @@ from loomray.coupling.client import ServiceNoise, call_service
 from loomray.data import BatchPlan, build_dataset
 from loomray.images import save_samples
 from loomray.sampling import sample
-from loomray.train.loop import StepLog, TrainState, build_state, train_steps
+from loomray.train.evaluation import TrainingEvaluation
+from loomray.train.loop import StepLog, TrainState, build_state, mean_loss, train_steps
 
 CHECKPOINT_FILE = "checkpoint.pt"
 TABLE_FILE = "table.parquet"
@@ -64,52 +65,6 @@ def write_samples(cfg: Config, model: torch.nn.Module, device, folder: Path, ste
             )
         )
     return paths
-
-
-class _Evaluation:
-    """Rank 0's FID of the EMA model during training (to the report and the dashboard).
-
-    Missing FID weights must not end a long run: the first failure is logged
-    and evaluation is switched off."""
-
-    def __init__(self, cfg: Config, device, run_dir: Path) -> None:
-        self.cfg, self.device, self.run_dir = cfg, device, run_dir
-        self.evaluator = None
-        self.disabled = False
-        self.gauge = None
-
-    def run(self, model: torch.nn.Module, step: int) -> dict[str, float]:
-        from loomray.evaluate import EvaluationError, evaluate_model, make_evaluator, write_results
-
-        if self.disabled:
-            return {}
-        try:
-            if self.evaluator is None:
-                self.evaluator = make_evaluator(self.cfg, "train", None, self.device.type)
-            rows = evaluate_model(
-                model, self.cfg, self.cfg.eval.methods, self.cfg.eval.n, self.evaluator, self.device
-            )
-        except EvaluationError as err:
-            self.disabled = True
-            print(f"loomray: evaluation during training is off: {err}", flush=True)
-            return {}
-        finally:
-            model.train(False)
-        write_results(rows, self.run_dir / "eval", f"eval-step{step:07d}-train")
-        if self.gauge is None:
-            from ray.util.metrics import Gauge
-
-            self.gauge = Gauge(
-                "loomray_eval_quality",
-                "FID (energy distance for toy2d) of the EMA model per sampler.",
-                tag_keys=("run", "method"),
-            )
-        out = {}
-        for r in rows:
-            out[f"{r.metric}/{r.method}"] = r.value
-            out[f"nfe/{r.method}"] = r.nfe
-            self.gauge.set(r.value, tags={"run": self.run_dir.name, "method": r.method})
-        return out
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -150,14 +105,14 @@ def train_worker(config: dict[str, Any]) -> None:
     metrics_path = run_dir / "metrics.jsonl"
     window: list[StepLog] = []
 
-    evaluation = _Evaluation(cfg, device, run_dir) if rank == 0 else None
+    evaluation = TrainingEvaluation(cfg, device, run_dir, rank, world)
 
     def report(step: int, evaluate: bool = False) -> None:
         metrics = {
             "step": step,
-            "loss": float(np.mean([w.loss for w in window])) if window else float("nan"),
+            "loss": mean_loss(window),
         }
-        if evaluate and evaluation is not None:
+        if evaluate:  # every rank takes a share
             metrics.update(evaluation.run(state.ema.model, step))
         # Every rank reports at the same steps: a report is a collective.
         if rank != 0:
@@ -178,13 +133,16 @@ def train_worker(config: dict[str, Any]) -> None:
 
     def on_step(log: StepLog) -> None:
         window.append(log)
-        noise.note(wait=log.wait, **({"loss": log.loss} if rank == 0 else {}))
+        noise.note(wait=log.wait)
         if rank == 0 and log.step % cfg.train.log_every == 0:
+            # The one read of the losses from the device in log_every steps.
             recent = window[-cfg.train.log_every :]
+            loss = mean_loss(recent)
+            noise.note(loss=loss)
             seconds = sum(w.seconds for w in recent)
             line = {
                 "step": log.step,
-                "loss": float(np.mean([w.loss for w in recent])),
+                "loss": loss,
                 "lr": log.lr,
                 "images_per_s": cfg.train.batch * len(recent) / seconds,
                 "wait_fraction": sum(w.wait for w in recent) / seconds,

@@ -66,8 +66,14 @@ def test_two_workers_through_the_service_equal_the_sequential_algorithm(run_a):
         != AssignmentTable.create(len(dataset), cfg.coupling.caches, seed=cfg.coupling.seed).seeds
     ).any()
     assert result.service["solves"] == STEPS and result.service["world"] == 2
-    # rank 0 scored the final EMA model and reported it
-    assert result.metrics["fid/euler-1"] > 0
+    # both ranks sampled a share of the final EMA model's evaluation, rank 0 reported it:
+    # the same figure as one process scoring the checkpoint alone
+    from loomray.checkpoint import ema_model_of, load_checkpoint
+    from loomray.evaluate import evaluate_model, make_evaluator
+
+    ema_cfg, ema = ema_model_of(load_checkpoint(result.checkpoint / CHECKPOINT_FILE))
+    (alone,) = evaluate_model(ema, ema_cfg, ["euler-1"], cfg.eval.n, make_evaluator(cfg))
+    assert result.metrics["fid/euler-1"] == pytest.approx(alone.value, rel=1e-9)
     assert (result.run_dir / "eval" / f"eval-step{STEPS:07d}-train.json").is_file()
     samples = list((result.run_dir / "samples").glob("*.png"))
     assert samples and (result.run_dir / "metrics.jsonl").read_text().count("\n") == 6
