@@ -55,9 +55,10 @@ class RowDataset(Dataset):
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows out of range for a dataset of {len(self)} rows")
         x = self.items(rows % self.n_items)
-        mirrored = torch.from_numpy(rows >= self.n_items)
+        mirrored = rows >= self.n_items  # decided on the host, in numpy
         if mirrored.any():
-            x[mirrored] = torch.flip(x[mirrored], dims=[-1])
+            mask = torch.from_numpy(mirrored)
+            x[mask] = torch.flip(x[mask], dims=[-1])
         return x
 
     def __getitem__(self, row: int) -> tuple[int, torch.Tensor]:
@@ -297,18 +298,22 @@ def iterate_batches(
     rank: int = 0,
     world: int = 1,
     workers: int = 0,
+    pin: bool = False,
 ) -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
-    """(step, rows, x) for steps start..stop-1 of this rank."""
+    """(step, rows, x) for steps start..stop-1 of this rank; ``pin``: x in pinned
+    memory, so that its copy to a GPU does not block."""
     if isinstance(dataset, ArrayDataset) or workers == 0:
         for step in range(start, stop):
             rows = plan.local_rows(step, rank, world)
-            yield step, rows, dataset.batch(rows)
+            x = dataset.batch(rows)
+            yield step, rows, x.pin_memory() if pin else x
         return
     loader = DataLoader(
         _StepBatches(dataset, plan, start, stop, rank, world),
         batch_size=None,
         num_workers=workers,
         persistent_workers=False,
+        pin_memory=pin,
     )
     for step, rows, x in loader:
         yield int(step), rows.numpy(), x

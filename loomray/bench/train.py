@@ -36,7 +36,7 @@ def _measure(cfg: Config, kind: str, root: Path) -> TrainBenchRun:
     lines = [json.loads(x) for x in (root / kind / "metrics.jsonl").read_text().splitlines()]
     steady = lines[1:] or lines
     # Medians over the windows: a shared machine's hiccups hit single windows.
-    steps_per_s = float(np.median([x["images_per_s"] for x in steady])) / cfg.train.batch
+    steps_per_s = float(np.median([x["images_per_s"] for x in steady])) / run_cfg.train.batch
     wait = float(np.median([x["wait_fraction"] for x in steady]))
     return TrainBenchRun(
         kind,
@@ -46,6 +46,29 @@ def _measure(cfg: Config, kind: str, root: Path) -> TrainBenchRun:
         result.service.get("solve_ms", float("nan")),
         result.service.get("journal_bytes_per_step", float("nan")),
     )
+
+
+@dataclass
+class ScalingRun:
+    workers: int
+    batch: int
+    images_per_s: float
+    wait_fraction: float
+
+
+def bench_scaling(
+    cfg: Config, workers: list[int], batch_per_rank: int
+) -> list[ScalingRun]:
+    """LOOM at each worker count with the same batch per rank (global batch =
+    workers x batch_per_rank): images/s from the runs' own metrics, as ``bench_train``."""
+    out = []
+    with tempfile.TemporaryDirectory(prefix="loomray-bench-") as tmp:
+        for w in workers:
+            train = replace(cfg.train, workers=w, batch=w * batch_per_rank)
+            run = _measure(replace(cfg, train=train), "loom", Path(tmp) / f"w{w}")
+            images = run.steps_per_s * train.batch
+            out.append(ScalingRun(w, train.batch, images, run.wait_fraction))
+    return out
 
 
 def bench_train(cfg: Config, repeats: int = 1) -> list[list[TrainBenchRun]]:

@@ -119,7 +119,9 @@ def build_state(cfg: Config, device: torch.device) -> TrainState:
 @dataclass
 class StepLog:
     step: int
-    loss: float
+    loss: torch.Tensor
+    """The step's loss, a 0-d tensor left on the device: reading it (``float``) waits for
+    the device, so readers do it every ``train.log_every`` steps, not every step."""
     lr: float
     seconds: float
     wait: float
@@ -132,7 +134,37 @@ class History:
 
     @property
     def losses(self) -> list[float]:
-        return [log.loss for log in self.logs]
+        """Every step's loss, read from the device in one go."""
+        if not self.logs:
+            return []
+        return torch.stack([log.loss.float() for log in self.logs]).cpu().tolist()
+
+
+def mean_loss(logs: list[StepLog]) -> float:
+    """The mean loss of ``logs``: one read from the device for all of them."""
+    if not logs:
+        return float("nan")
+    return float(torch.stack([log.loss.float() for log in logs]).mean())
+
+
+def compiled(model: nn.Module, cfg: Config) -> nn.Module:
+    """The network as the step runs it: eager, torch.compile (``train.compile``) or
+    compiled with CUDA graphs (``train.graph``: mode reduce-overhead; one launch for
+    the forward and backward, which the eager loop on a GPU is bound by). The weights
+    are ``model``'s either way: checkpoints and the EMA are unchanged."""
+    if cfg.train.graph:
+        return torch.compile(model, mode="reduce-overhead")
+    return torch.compile(model) if cfg.train.compile else model
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A read-only reply (the service's noise) on ``device``, copied once on the host:
+    into pinned memory, from which a CUDA copy runs without blocking."""
+    if device.type != "cuda":
+        return torch.from_numpy(np.array(array))
+    host = torch.empty(array.shape, dtype=torch.float32, pin_memory=True)
+    host.numpy()[...] = array
+    return host.to(device, non_blocking=True)
 
 
 def train_steps(
@@ -151,9 +183,12 @@ def train_steps(
     history = History()
     if state.step >= stop:
         return history
-    use_bf16 = device.type == "cuda" and cfg.train.bf16
-    channels_last = device.type == "cuda" and cfg.model.kind == "unet"
-    batches = iterate_batches(dataset, plan, state.step, stop, rank, world, cfg.data.loader_workers)
+    cuda = device.type == "cuda"
+    use_bf16 = cuda and cfg.train.bf16
+    channels_last = cuda and cfg.model.kind == "unet"
+    batches = iterate_batches(
+        dataset, plan, state.step, stop, rank, world, cfg.data.loader_workers, pin=cuda
+    )
     # Up to ``prefetch`` steps are handed to the noise source ahead of the one
     # being trained, so the solves run while this rank computes.
     ahead: collections.deque = collections.deque()
@@ -166,8 +201,7 @@ def train_steps(
             noise.submit(item[0], item[1], item[2].numpy())
             ahead.append(item)
 
-    # Compiled or not, the weights are state.model's: checkpoints and EMA are unchanged.
-    net = torch.compile(state.model) if cfg.train.compile else state.model
+    net = compiled(state.model, cfg)
     state.model.train()
     top_up(1 + cfg.coupling.prefetch)
     while ahead:
@@ -178,8 +212,8 @@ def train_steps(
         z_np = noise.receive(step)
         wait = time.perf_counter() - w0
         torch.manual_seed(torch_seed(cfg.train.seed, step, rank))
-        x = x_cpu.to(device, non_blocking=True)
-        z = torch.from_numpy(np.array(z_np)).to(device, non_blocking=True)  # replies are read-only
+        x = x_cpu.to(device, non_blocking=True)  # from pinned memory on CUDA
+        z = to_device(z_np, device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
             z = z.contiguous(memory_format=torch.channels_last)
@@ -194,7 +228,7 @@ def train_steps(
         state.step = step + 1
         log = StepLog(
             step=state.step,
-            loss=float(loss.detach()),
+            loss=loss.detach(),
             lr=state.scheduler.get_last_lr()[0],
             seconds=time.perf_counter() - t0,
             wait=wait,
