@@ -784,9 +784,10 @@ def bench_loop_cmd(
     except DatasetError as err:
         fail(str(err))
     name = torch.cuda.get_device_name() if dev == "cuda" else "CPU"
-    compiled = (
-        ", CUDA graphs" if cfg.train.graph else ", torch.compile" if cfg.train.compile else ""
-    )
+    if cfg.train.graph:
+        compiled = ", CUDA graphs" if dev == "cuda" else ", torch.compile (reduce-overhead)"
+    else:
+        compiled = ", torch.compile" if cfg.train.compile else ""
     table = Table(
         title=f"{cfg.name} on {name}, batch {cfg.train.batch}, {steps} timed steps{compiled}"
     )
