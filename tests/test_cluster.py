@@ -114,7 +114,7 @@ def test_grafana_dashboard_uses_loomrays_metrics():
     dash = json.loads((CLUSTER / "grafana" / "loomray-dashboard.json").read_text())
     exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
     service = (ROOT / "loomray" / "coupling" / "telemetry.py").read_text()
-    worker = (ROOT / "loomray" / "train" / "worker.py").read_text()
+    worker = (ROOT / "loomray" / "train" / "evaluation.py").read_text()
     for name in (
         "loomray_coupling_solve_seconds",
         "loomray_worker_wait_seconds",
