@@ -128,6 +128,33 @@ def config_reference_cmd() -> None:
     typer.echo(render_reference())
 
 
+@app.command("import")
+def import_cmd(
+    path: str = typer.Argument(
+        ..., help="The authors' released model.pth (Hugging Face cvg-unibe/loom-cfm_<preset>)."
+    ),
+    preset: str = typer.Option(
+        ..., help="cifar10 (also for the cifar10_reflow release), imagenet32, imagenet64, ffhq256."
+    ),
+    run_dir: str = typer.Option(..., help="A new run directory to write."),
+) -> None:
+    """Bring the LOOM-CFM authors' released weights in as a loomray run (docs/reproduce.md)."""
+    from loomray.official import ReleaseError, check_run_dir, import_official
+
+    try:
+        check_run_dir(Path(run_dir).expanduser())
+        with console.status(f"importing {path} as {preset}..."):
+            done = import_official(path, preset, run_dir)
+    except ReleaseError as err:
+        fail(str(err))
+    extra = f" and {done['autoencoder']} autoencoder tensors" if done["autoencoder"] else ""
+    console.print(
+        f"imported {done['keys']} tensors{extra} at step {done['step']} into {run_dir} "
+        f"({done['checkpoint']}); try: loomray evaluate --ckpt {run_dir}",
+        markup=False,
+    )
+
+
 @app.command("sample")
 def sample_cmd(
     ckpt: str = typer.Option(..., help="Checkpoint file or run directory."),
@@ -488,6 +515,11 @@ def evaluate_cmd(
     ),
     gpus: bool = typer.Option(False, "--gpus/--cpu", help="Workers on GPUs (with --workers)."),
     address: str = typer.Option(None, help="Ray cluster for --workers (default: a local Ray)."),
+    protocol: str = typer.Option(
+        None,
+        help="FID protocol: standard (torch-fidelity, as most papers) or paper (the LOOM-CFM "
+        "authors'; docs/reproduce.md). Default: the run's eval.protocol.",
+    ),
 ) -> None:
     """FID (or energy distance for toy2d) and actual NFE per sampler for a checkpoint."""
     import torch
@@ -510,7 +542,7 @@ def evaluate_cmd(
         count = n if n is not None else cfg.eval.n
         if count < 2:
             raise EvaluationError(f"--n must be at least 2, got {count}")
-        evaluator = make_evaluator(cfg, ref, fid_weights, dev)
+        evaluator = make_evaluator(cfg, ref, fid_weights, dev, protocol=protocol)
         if workers > 1:
             rows = _evaluate_on_workers(
                 payload["path"], names, count, evaluator, workers, gpus, fid_weights, address
@@ -533,7 +565,8 @@ def evaluate_cmd(
     step = payload["step"]
     # beside the run's in-training evaluations (<run>/eval/eval-step<N>-train.json)
     folder = run_dir_of(payload["path"]) / "eval"
-    pq_path, json_path = write_results(rows, folder, f"evaluate-step{step:07d}-{ref}")
+    stem = f"evaluate-step{step:07d}-{ref}" + ("-paper" if evaluator.protocol == "paper" else "")
+    pq_path, json_path = write_results(rows, folder, stem)
     table = Table(title=f"{cfg.name} step {step}: {evaluator.note}, n={count}, ref={ref}")
     for col in ("sampler", "NFE", rows[0].metric, "seconds"):
         table.add_column(col, justify="right")

@@ -68,6 +68,10 @@ class ModelConfig:
     """UNet channels per attention head."""
     dropout: float = 0.1
     """Dropout in the UNet's residual blocks and the MLP's layers."""
+    time_scale: float = 1000.0
+    """t in [0, 1] is multiplied by this before the sinusoidal time embedding: 1000 spans
+    the frequencies as 1000 diffusion steps do; 1 is the LOOM-CFM authors' (raw t), what
+    the paper presets and imported models use."""
     hidden: int = 256
     """MLP width."""
     layers: int = 3
@@ -150,6 +154,10 @@ class EvalConfig:
     at the whole batch); workers split the batches."""
     every: int = 0
     """Steps between FID evaluations during training (0: only at the end)."""
+    protocol: str = "standard"
+    """FID protocol: standard (torch-fidelity's TF-Inception on uint8 images, against the
+    training split) or paper (the LOOM-CFM authors': torchvision's Inception on floats,
+    10k/50k real images drawn with seed 42; docs/reproduce.md)."""
     rtol: float = 1e-5
     """dopri5 relative tolerance."""
     atol: float = 1e-5
@@ -430,6 +438,7 @@ def validate(cfg: Config) -> Config:
         need(all(x >= 1 for x in m.channel_mult), "model.channel_mult entries must be >= 1")
         need(m.head_channels >= 1, f"model.head_channels must be positive, got {m.head_channels}")
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+    need(m.time_scale > 0, f"model.time_scale must be positive, got {m.time_scale}")
     need(c.kind in KINDS, f"coupling.kind must be one of {', '.join(KINDS)}, got {c.kind!r}")
     need(c.caches >= 1, f"coupling.caches must be at least 1, got {c.caches}")
     need(c.cost in COSTS, f"coupling.cost must be one of {', '.join(COSTS)}, got {c.cost!r}")
@@ -462,6 +471,10 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"eval.methods: {err}") from err
     need(e.n >= 2, f"eval.n must be at least 2, got {e.n}")
     need(e.batch >= 1, f"eval.batch must be at least 1, got {e.batch}")
+    need(
+        e.protocol in ("standard", "paper"),
+        f"eval.protocol must be standard or paper, got {e.protocol!r}",
+    )
     need(e.every >= 0, "eval.every must be >= 0")
     need(e.rtol > 0 and e.atol > 0, "eval.rtol and eval.atol must be positive")
     if d.limit is not None and d.name != "toy2d":

@@ -36,6 +36,7 @@ from loomray.fid import FeatureSums, extract_features, frechet_distance
 from loomray.sampling import parse_method, sample
 
 WEIGHTS_ENV = "LOOMRAY_FID_WEIGHTS"
+PROTOCOLS = ("standard", "paper")
 DIGITS_EXTRACTOR = "loomray-digits-classifier"
 INCEPTION = "inception-v3-compat"
 EVAL_SEED_OFFSET = 2 * 10**12  # evaluation noise never collides with training seeds
@@ -171,9 +172,13 @@ class Evaluator:
     cache_name: str | None = None
     device: str = "cpu"
     note: str = ""
+    protocol: str = "standard"
+    """standard (torch-fidelity's TF-Inception on uint8) or paper (see loomray.paper_fid)."""
     _model: nn.Module | None = field(default=None, repr=False)
 
     def _extractor(self) -> nn.Module:
+        if self._model is None and self.protocol == "paper":
+            self._model = self._paper_extractor()
         if self._model is None:
             from torch_fidelity.utils import create_feature_extractor
 
@@ -195,12 +200,38 @@ class Evaluator:
                 raise
         return self._model
 
+    def _paper_extractor(self) -> nn.Module:
+        from loomray.paper_fid import TORCHVISION_WEIGHTS, paper_inception
+
+        try:
+            return paper_inception(self.weights, self.device)
+        except (OSError, RuntimeError, KeyError) as err:
+            what = f"the weights {self.weights} are not" if self.weights else "it needs"
+            raise EvaluationError(
+                f"the paper's FID protocol uses torchvision's Inception-v3 and {what} "
+                f"torchvision's ImageNet weights ({TORCHVISION_WEIGHTS}): pass --fid-weights "
+                f"PATH, set {WEIGHTS_ENV}, or put the file in $TORCH_HOME/hub/checkpoints "
+                f"({type(err).__name__})"
+            ) from err
+
+    def _images(self, images: torch.Tensor) -> torch.Tensor:
+        """What the feature network reads: uint8 (standard), floats in [0, 1] (paper)."""
+        if self.protocol == "paper":
+            return images.float() / 255.0 if images.dtype == torch.uint8 else images
+        return images
+
     def share(self, samples: torch.Tensor, key: int = 0):
         """What the part ``key`` (e.g. a batch index) of a sample set contributes:
         its FeatureSums for FID, the points themselves (by key) for toy2d."""
         if self.metric == "energy":
             return {key: samples.detach().double().cpu()}
-        return FeatureSums.of(extract_features(self._extractor(), to_uint8(samples), self.device))
+        if self.protocol == "paper":
+            from loomray.paper_fid import to_unit
+
+            images = to_unit(samples.detach().cpu())
+        else:
+            images = to_uint8(samples)
+        return FeatureSums.of(extract_features(self._extractor(), images, self.device))
 
     @staticmethod
     def merge(a, b):
@@ -222,7 +253,8 @@ class Evaluator:
         path = cache_dir() / "fid" / f"{self.cache_name}-{self.extractor}-sums.npz"
         sums = FeatureSums.load(path) if self.cache_name else None
         if sums is None:
-            sums = FeatureSums.of(extract_features(self._extractor(), self.reference, self.device))
+            images = self._images(self.reference)
+            sums = FeatureSums.of(extract_features(self._extractor(), images, self.device))
             if self.cache_name:
                 sums.save(path)
         return sums
@@ -255,16 +287,31 @@ def make_evaluator(
     fid_weights: str | None = None,
     device: str = "cpu",
     with_reference: bool = True,
+    protocol: str | None = None,
 ) -> Evaluator:
-    """The metric of a config's data. ``with_reference=False``: for a worker that only
-    computes shares (``Evaluator.share``); whoever combines them needs the reference."""
+    """The metric of a config's data under ``protocol`` (default ``cfg.eval.protocol``).
+    ``with_reference=False``: for a worker that only computes shares
+    (``Evaluator.share``); whoever combines them needs the reference."""
+    protocol = protocol or cfg.eval.protocol
     if split not in ("train", "test"):
         raise EvaluationError(f"--ref must be train or test, got {split!r}")
+    if protocol not in PROTOCOLS:
+        raise EvaluationError(f"--protocol must be {' or '.join(PROTOCOLS)}, got {protocol!r}")
+    if protocol == "paper" and cfg.data.name in ("digits", "toy2d"):
+        raise EvaluationError(
+            f"the paper's FID protocol is Inception FID of RGB images, not for {cfg.data.name}"
+        )
     if not with_reference:
-        return _share_evaluator(cfg, fid_weights, device)
+        return _share_evaluator(cfg, fid_weights, device, protocol)
+    if protocol == "paper" and cfg.data.name == "cifar10":
+        split = "test"  # the authors draw CIFAR-10's real images from its test split
     reference = reference_images(cfg, split)
     if cfg.data.name == "toy2d":
         return Evaluator("energy", reference, device=device, note="energy distance to data")
+    if protocol == "paper":
+        from loomray.paper_fid import real_count, real_indices
+
+        reference = reference[real_indices(len(reference), real_count(cfg.data.name))]
     digest = hashlib.sha256(reference.numpy().tobytes()).hexdigest()[:12]
     cache_name = f"loomray-{cfg.data.name}-{split}-{len(reference)}-{digest}"
     if cfg.data.name == "digits":
@@ -278,6 +325,24 @@ def make_evaluator(
             device=device,
             note=f"digits-classifier FID (held-out accuracy {100 * accuracy:.1f}%)",
         )
+    weights = _weights_file(fid_weights)
+    if reference.shape[1] != 3:
+        raise EvaluationError(
+            f"Inception FID needs RGB images, {cfg.data.name} has {reference.shape[1]} channels"
+        )
+    if weights:
+        cache_name += "-" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:8]
+    if protocol == "paper":
+        from loomray.paper_fid import PAPER_EXTRACTOR
+
+        note = f"paper protocol: torchvision Inception FID, {len(reference)} real images"
+        return Evaluator(
+            "fid", reference, PAPER_EXTRACTOR, weights, cache_name, device, note, "paper"
+        )
+    return Evaluator("fid", reference, INCEPTION, weights, cache_name, device, note="Inception FID")
+
+
+def _weights_file(fid_weights: str | None) -> str | None:
     weights = fid_weights or os.environ.get(WEIGHTS_ENV) or None
     if weights:
         from loomray.paths import PathError, file_to_read
@@ -286,16 +351,12 @@ def make_evaluator(
             file_to_read(weights, "Inception weights file")
         except PathError as err:
             raise EvaluationError(str(err)) from err
-    if reference.shape[1] != 3:
-        raise EvaluationError(
-            f"Inception FID needs RGB images, {cfg.data.name} has {reference.shape[1]} channels"
-        )
-    if weights:
-        cache_name += "-" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:8]
-    return Evaluator("fid", reference, INCEPTION, weights, cache_name, device, note="Inception FID")
+    return weights
 
 
-def _share_evaluator(cfg: Config, fid_weights: str | None, device: str) -> Evaluator:
+def _share_evaluator(
+    cfg: Config, fid_weights: str | None, device: str, protocol: str = "standard"
+) -> Evaluator:
     empty = torch.zeros(0)
     if cfg.data.name == "toy2d":
         return Evaluator("energy", empty, device=device)
@@ -303,6 +364,10 @@ def _share_evaluator(cfg: Config, fid_weights: str | None, device: str) -> Evalu
         _register_digits_extractor()
         return Evaluator("fid", empty, DIGITS_EXTRACTOR, device=device)
     weights = fid_weights or os.environ.get(WEIGHTS_ENV) or None
+    if protocol == "paper":
+        from loomray.paper_fid import PAPER_EXTRACTOR
+
+        return Evaluator("fid", empty, PAPER_EXTRACTOR, weights, device=device, protocol="paper")
     return Evaluator("fid", empty, INCEPTION, weights, device=device)
 
 
@@ -314,6 +379,8 @@ class EvalRow:
     value: float
     n: int
     seconds: float
+    protocol: str = "standard"
+    """How the FID was measured (loomray.paper_fid): a figure never travels without it."""
 
 
 @dataclass
@@ -387,9 +454,9 @@ def combine_shares(
             raise ValueError(f"{method}: the workers' parts hold {count} of {n} samples")
         value = evaluator.value([p.share for p in mine])
         nfe = sum(p.nfe_total for p in mine) / count
-        rows.append(
-            EvalRow(method, nfe, evaluator.metric, value, n, max(p.seconds for p in mine))
-        )
+        seconds = max(p.seconds for p in mine)
+        protocol = evaluator.protocol if evaluator.metric == "fid" else "exact"
+        rows.append(EvalRow(method, nfe, evaluator.metric, value, n, seconds, protocol))
     return rows
 
 

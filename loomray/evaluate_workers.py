@@ -29,6 +29,7 @@ def _share_task(
     rank: int,
     world: int,
     threads: int,
+    protocol: str,
 ) -> dict[str, MethodShare]:
     import torch
 
@@ -37,7 +38,9 @@ def _share_task(
     torch.set_num_threads(max(1, threads))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg, model = ema_model_of(load_checkpoint(checkpoint))
-    evaluator = make_evaluator(cfg, "train", fid_weights, device, with_reference=False)
+    evaluator = make_evaluator(
+        cfg, "train", fid_weights, device, with_reference=False, protocol=protocol
+    )
     return sample_shares(model, cfg, methods, n, evaluator, device, rank, world)
 
 
@@ -58,7 +61,9 @@ def evaluate_with_workers(
         num_cpus=0 if gpus else threads, num_gpus=1 if gpus else 0
     )
     refs = [
-        task.remote(checkpoint, list(methods), n, fid_weights, r, workers, threads)
+        task.remote(
+            checkpoint, list(methods), n, fid_weights, r, workers, threads, evaluator.protocol
+        )
         for r in range(workers)
     ]
     parts: list[dict[str, Any]] = ray.get(refs)

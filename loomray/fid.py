@@ -72,13 +72,15 @@ def frechet_distance(samples: FeatureSums, reference: FeatureSums) -> float:
 
 
 def extract_features(
-    extractor: torch.nn.Module, images: torch.Tensor, device: str, batch: int = 500
+    extractor: torch.nn.Module, images: torch.Tensor, device: str, batch: int = 200
 ) -> np.ndarray:
-    """Features of uint8 images [N, C, H, W] from a torch-fidelity extractor (one layer)."""
+    """Features of images [N, C, H, W] (uint8 for torch-fidelity's extractors, whose one
+    layer comes as a 1-tuple; floats for the paper's network)."""
     out = []
     with torch.no_grad():
         for lo in range(0, len(images), batch):
-            x = images[lo : lo + batch].to(device)
-            (features,) = extractor(x)
+            features = extractor(images[lo : lo + batch].to(device))
+            if isinstance(features, tuple):
+                (features,) = features
             out.append(features.double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))

@@ -317,10 +317,17 @@ class CouplingService:
 
     # ---- state --------------------------------------------------------------
     async def restore(
-        self, step: int, seeds: np.ndarray | None = None, fingerprint: str = ""
+        self,
+        step: int,
+        seeds: np.ndarray | None = None,
+        fingerprint: str = "",
+        fresh: bool = False,
     ) -> None:
-        """Restart the service at ``step`` with the table of that step (None: step 0's)."""
-        table = self._restored_table(step, seeds, fingerprint)
+        """Restart the service at ``step`` with the table of that step (None: step 0's).
+
+        ``fresh``: the checkpoint has no table (an imported release): a new table at
+        ``step``; LOOM's assignment starts over, the network goes on."""
+        table = self._restored_table(step, seeds, fingerprint, fresh)
         # A fence: from here until the restore is done, late submits of the old worker
         # group are refused instead of being solved against the new table.
         self.restoring_to = step
@@ -332,18 +339,19 @@ class CouplingService:
             if self.solver is not None and not self.solver.done():
                 await asyncio.gather(self.solver, return_exceptions=True)
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self.executor, self._restart_at, step, table, seeds is None)
+            creation = seeds is None and step == 0
+            await loop.run_in_executor(self.executor, self._restart_at, step, table, creation)
             self.steps.clear()
         finally:
             self.restoring_to = None
 
     def _restored_table(
-        self, step: int, seeds: np.ndarray | None, fingerprint: str
+        self, step: int, seeds: np.ndarray | None, fingerprint: str, fresh: bool = False
     ) -> AssignmentTable | None:
         if self.spec.kind != "loom":
             return None
         if seeds is None:
-            if step != 0:
+            if step != 0 and not fresh:
                 raise ValueError(f"restoring to step {step} needs that step's table")
             table = AssignmentTable.create(self.spec.rows, self.spec.caches, self.spec.seed)
         else:

@@ -12,7 +12,9 @@ from loomray.models.unet import UNet
 def build_model(cfg: Config) -> nn.Module:
     m = cfg.model
     if m.kind == "mlp":
-        return MLPVelocity(cfg.sample_shape, m.hidden, m.layers, dropout=m.dropout)
+        return MLPVelocity(
+            cfg.sample_shape, m.hidden, m.layers, dropout=m.dropout, time_scale=m.time_scale
+        )
     return UNet(
         in_channels=cfg.data.channels,
         resolution=cfg.data.resolution,
@@ -22,6 +24,7 @@ def build_model(cfg: Config) -> nn.Module:
         attn_resolutions=m.attn_resolutions,
         head_channels=m.head_channels,
         dropout=m.dropout,
+        time_scale=m.time_scale,
     )
 
 

@@ -20,10 +20,11 @@ class MLPVelocity(nn.Module):
         layers: int = 3,
         time_dim: int = 64,
         dropout: float = 0.0,
+        time_scale: float = 1000.0,
     ) -> None:
         super().__init__()
         self.shape = tuple(shape)
-        self.time_dim = time_dim
+        self.time_dim, self.time_scale = time_dim, time_scale
         dim = math.prod(self.shape)
         blocks: list[nn.Module] = []
         width = dim + time_dim
@@ -36,6 +37,6 @@ class MLPVelocity(nn.Module):
         self.net = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = timestep_embedding(t, self.time_dim).to(x.dtype)
+        emb = timestep_embedding(t, self.time_dim, self.time_scale).to(x.dtype)
         out = self.net(torch.cat([x.reshape(x.shape[0], -1), emb], dim=1))
         return out.reshape(x.shape)

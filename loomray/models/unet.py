@@ -115,9 +115,10 @@ class UNet(nn.Module):
         attn_resolutions: tuple[int, ...] = (16,),
         head_channels: int = 64,
         dropout: float = 0.1,
+        time_scale: float = 1000.0,
     ) -> None:
         super().__init__()
-        self.channels = channels
+        self.channels, self.time_scale = channels, time_scale
         emb_dim = 4 * channels
         self.time_embed = nn.Sequential(
             nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
@@ -164,7 +165,7 @@ class UNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time_embed(timestep_embedding(t, self.channels).to(x.dtype))
+        emb = self.time_embed(timestep_embedding(t, self.channels, self.time_scale).to(x.dtype))
         h = self.stem(x)
         hs = [h]
         for block in self.down:

@@ -93,6 +93,8 @@ def train_worker(config: dict[str, Any]) -> None:
             state.step,
             table.seeds if table is not None else None,
             table.fingerprint if table is not None else "",
+            # a checkpoint without a table (an imported release): LOOM starts afresh
+            checkpoint is not None and table is None,
             timeout_s=cfg.coupling.timeout_s,
         )
     if world > 1:

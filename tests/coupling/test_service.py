@@ -98,6 +98,16 @@ def test_restore_continues_exactly_from_a_checkpointed_table():
     assert fresh.table.is_permutation_of_origin()
 
 
+def test_a_checkpoint_without_a_table_restores_to_a_fresh_one():
+    x_all = data()
+    service = CouplingService(spec())
+    with pytest.raises(ValueError, match="restoring to step 9 needs that step's table"):
+        asyncio.run(service.restore(9))
+    asyncio.run(service.restore(9, fresh=True))  # an imported release: LOOM starts over
+    asyncio.run(run_ranks(service, 12, x_all, start=9))
+    assert service.next_step == 12 and service.table.is_permutation_of_origin()
+
+
 def test_a_rank_that_never_submits_times_out_with_its_number():
     service = CouplingService(spec(timeout_s=0.3))
     x = np.zeros((PER_RANK, DIM), np.float32)
