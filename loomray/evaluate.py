@@ -363,7 +363,7 @@ def _share_evaluator(
     if cfg.data.name == "digits":
         _register_digits_extractor()
         return Evaluator("fid", empty, DIGITS_EXTRACTOR, device=device)
-    weights = fid_weights or os.environ.get(WEIGHTS_ENV) or None
+    weights = _weights_file(fid_weights)
     if protocol == "paper":
         from loomray.paper_fid import PAPER_EXTRACTOR
 
