@@ -545,7 +545,7 @@ def evaluate_cmd(
         evaluator = make_evaluator(cfg, ref, fid_weights, dev, protocol=protocol)
         if workers > 1:
             rows = _evaluate_on_workers(
-                payload["path"], names, count, evaluator, workers, gpus, fid_weights, address
+                payload["path"], names, count, evaluator, workers, gpus, address
             )
         else:
             with console.status("sampling and scoring...") as status:
@@ -565,9 +565,11 @@ def evaluate_cmd(
     step = payload["step"]
     # beside the run's in-training evaluations (<run>/eval/eval-step<N>-train.json)
     folder = run_dir_of(payload["path"]) / "eval"
-    stem = f"evaluate-step{step:07d}-{ref}" + ("-paper" if evaluator.protocol == "paper" else "")
+    stem = f"evaluate-step{step:07d}-{evaluator.split}"
+    stem += "-paper" if evaluator.protocol == "paper" else ""
     pq_path, json_path = write_results(rows, folder, stem)
-    table = Table(title=f"{cfg.name} step {step}: {evaluator.note}, n={count}, ref={ref}")
+    title = f"{cfg.name} step {step}: {evaluator.note}, n={count}, ref={evaluator.split}"
+    table = Table(title=title)
     for col in ("sampler", "NFE", rows[0].metric, "seconds"):
         table.add_column(col, justify="right")
     for r in rows:
@@ -576,7 +578,7 @@ def evaluate_cmd(
     console.print(f"wrote {pq_path} and {json_path}", markup=False)
 
 
-def _evaluate_on_workers(checkpoint, names, count, evaluator, workers, gpus, weights, address):
+def _evaluate_on_workers(checkpoint, names, count, evaluator, workers, gpus, address):
     from loomray.evaluate_workers import evaluate_with_workers
     from loomray.train.launch import connect
 
@@ -584,7 +586,7 @@ def _evaluate_on_workers(checkpoint, names, count, evaluator, workers, gpus, wei
     if evaluator.metric == "fid":
         evaluator.reference_sums()  # computed (or read from the cache) once, here
     with console.status(f"sampling and scoring on {plural(workers, 'worker')}..."):
-        return evaluate_with_workers(checkpoint, names, count, evaluator, workers, gpus, weights)
+        return evaluate_with_workers(checkpoint, names, count, evaluator, workers, gpus)
 
 
 @bench_app.command("coupling")

@@ -36,6 +36,7 @@ from loomray.fid import FeatureSums, extract_features, frechet_distance
 from loomray.sampling import parse_method, sample
 
 WEIGHTS_ENV = "LOOMRAY_FID_WEIGHTS"
+PAPER_WEIGHTS_ENV = "LOOMRAY_PAPER_FID_WEIGHTS"  # torchvision's Inception, for protocol paper
 PROTOCOLS = ("standard", "paper")
 DIGITS_EXTRACTOR = "loomray-digits-classifier"
 INCEPTION = "inception-v3-compat"
@@ -174,6 +175,8 @@ class Evaluator:
     note: str = ""
     protocol: str = "standard"
     """standard (torch-fidelity's TF-Inception on uint8) or paper (see loomray.paper_fid)."""
+    split: str = "train"
+    """The dataset split the reference images come from."""
     _model: nn.Module | None = field(default=None, repr=False)
 
     def _extractor(self) -> nn.Module:
@@ -210,7 +213,7 @@ class Evaluator:
             raise EvaluationError(
                 f"the paper's FID protocol uses torchvision's Inception-v3 and {what} "
                 f"torchvision's ImageNet weights ({TORCHVISION_WEIGHTS}): pass --fid-weights "
-                f"PATH, set {WEIGHTS_ENV}, or put the file in $TORCH_HOME/hub/checkpoints "
+                f"PATH, set {PAPER_WEIGHTS_ENV}, or put the file in $TORCH_HOME/hub/checkpoints "
                 f"({type(err).__name__})"
             ) from err
 
@@ -248,6 +251,11 @@ class Evaluator:
     def score(self, samples: torch.Tensor) -> float:
         return self.value([self.share(samples)])
 
+    @property
+    def feature_dim(self) -> int:
+        """The width of the features FID compares (a share's sums are this wide)."""
+        return 128 if self.extractor == DIGITS_EXTRACTOR else 2048
+
     def reference_sums(self) -> FeatureSums:
         """The reference split's feature sums, computed once and cached on disk."""
         path = cache_dir() / "fid" / f"{self.cache_name}-{self.extractor}-sums.npz"
@@ -260,8 +268,9 @@ class Evaluator:
         return sums
 
 
-def reference_images(cfg: Config, split: str) -> torch.Tensor:
-    """The reference split as uint8 images (no mirrored rows) or 2-D points."""
+def reference_images(cfg: Config, split: str, rows: np.ndarray | None = None) -> torch.Tensor:
+    """The reference split as uint8 images (no mirrored rows) or 2-D points; ``rows``:
+    only these (with repeats), for a draw of the split (the paper protocol)."""
     from dataclasses import replace as dc_replace
 
     from loomray.data import build_dataset, load_cifar10, toy_points
@@ -274,11 +283,26 @@ def reference_images(cfg: Config, split: str) -> torch.Tensor:
             raise EvaluationError(f"--ref test is only known for cifar10, not {cfg.data.name}")
         from pathlib import Path as P
 
-        return torch.from_numpy(
+        images = torch.from_numpy(
             load_cifar10(P(cfg.data.root).expanduser(), False, cfg.data.download)
         )
+        return images if rows is None else images[torch.from_numpy(rows)]
     dataset = build_dataset(dc_replace(cfg, data=dc_replace(cfg.data, flip=False)))
-    return to_uint8(dataset.batch(np.arange(len(dataset))))
+    rows = np.arange(len(dataset)) if rows is None else rows
+    # In chunks: the split as float32 at once would be 4x its uint8 size.
+    chunks = [to_uint8(dataset.batch(rows[i : i + 10_000])) for i in range(0, len(rows), 10_000)]
+    return torch.cat(chunks)
+
+
+def split_size(cfg: Config, split: str) -> int:
+    """How many images a split has (without building it)."""
+    if split == "test":
+        return 10_000  # CIFAR-10's test split, the only one loomray reads
+    from dataclasses import replace as dc_replace
+
+    from loomray.data import build_dataset
+
+    return len(build_dataset(dc_replace(cfg, data=dc_replace(cfg.data, flip=False))))
 
 
 def make_evaluator(
@@ -303,15 +327,16 @@ def make_evaluator(
         )
     if not with_reference:
         return _share_evaluator(cfg, fid_weights, device, protocol)
-    if protocol == "paper" and cfg.data.name == "cifar10":
-        split = "test"  # the authors draw CIFAR-10's real images from its test split
-    reference = reference_images(cfg, split)
-    if cfg.data.name == "toy2d":
-        return Evaluator("energy", reference, device=device, note="energy distance to data")
+    drawn = None
     if protocol == "paper":
         from loomray.paper_fid import real_count, real_indices
 
-        reference = reference[real_indices(len(reference), real_count(cfg.data.name))]
+        if cfg.data.name == "cifar10":
+            split = "test"  # the authors draw CIFAR-10's real images from its test split
+        drawn = real_indices(split_size(cfg, split), real_count(cfg.data.name)).numpy()
+    reference = reference_images(cfg, split, drawn)
+    if cfg.data.name == "toy2d":
+        return Evaluator("energy", reference, device=device, note="energy distance to data")
     digest = hashlib.sha256(reference.numpy().tobytes()).hexdigest()[:12]
     cache_name = f"loomray-{cfg.data.name}-{split}-{len(reference)}-{digest}"
     if cfg.data.name == "digits":
@@ -325,7 +350,7 @@ def make_evaluator(
             device=device,
             note=f"digits-classifier FID (held-out accuracy {100 * accuracy:.1f}%)",
         )
-    weights = _weights_file(fid_weights)
+    weights = _weights_file(fid_weights, protocol)
     if reference.shape[1] != 3:
         raise EvaluationError(
             f"Inception FID needs RGB images, {cfg.data.name} has {reference.shape[1]} channels"
@@ -337,13 +362,18 @@ def make_evaluator(
 
         note = f"paper protocol: torchvision Inception FID, {len(reference)} real images"
         return Evaluator(
-            "fid", reference, PAPER_EXTRACTOR, weights, cache_name, device, note, "paper"
+            "fid", reference, PAPER_EXTRACTOR, weights, cache_name, device, note, "paper", split
         )
-    return Evaluator("fid", reference, INCEPTION, weights, cache_name, device, note="Inception FID")
+    return Evaluator(
+        "fid", reference, INCEPTION, weights, cache_name, device, "Inception FID", split=split
+    )
 
 
-def _weights_file(fid_weights: str | None) -> str | None:
-    weights = fid_weights or os.environ.get(WEIGHTS_ENV) or None
+def _weights_file(fid_weights: str | None, protocol: str = "standard") -> str | None:
+    """--fid-weights, else the protocol's own setting: torch-fidelity's TF-Inception file
+    (LOOMRAY_FID_WEIGHTS) or torchvision's Inception-v3 (LOOMRAY_PAPER_FID_WEIGHTS)."""
+    env = PAPER_WEIGHTS_ENV if protocol == "paper" else WEIGHTS_ENV
+    weights = fid_weights or os.environ.get(env) or None
     if weights:
         from loomray.paths import PathError, file_to_read
 
@@ -363,7 +393,11 @@ def _share_evaluator(
     if cfg.data.name == "digits":
         _register_digits_extractor()
         return Evaluator("fid", empty, DIGITS_EXTRACTOR, device=device)
-    weights = _weights_file(fid_weights)
+    if cfg.data.channels != 3:
+        raise EvaluationError(
+            f"Inception FID needs RGB images, {cfg.data.name} has {cfg.data.channels} channels"
+        )
+    weights = _weights_file(fid_weights, protocol)
     if protocol == "paper":
         from loomray.paper_fid import PAPER_EXTRACTOR
 

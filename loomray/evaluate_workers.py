@@ -51,7 +51,6 @@ def evaluate_with_workers(
     evaluator: Evaluator,
     workers: int,
     gpus: bool = False,
-    fid_weights: str | None = None,
     threads: int = 1,
 ) -> list[EvalRow]:
     """Sample and featurize on ``workers`` Ray tasks (Ray must be connected); score here."""
@@ -61,8 +60,10 @@ def evaluate_with_workers(
         num_cpus=0 if gpus else threads, num_gpus=1 if gpus else 0
     )
     refs = [
+        # the driver's weights file, not each node's own setting: one feature space
         task.remote(
-            checkpoint, list(methods), n, fid_weights, r, workers, threads, evaluator.protocol
+            checkpoint, list(methods), n, evaluator.weights, r, workers, threads,
+            evaluator.protocol,
         )
         for r in range(workers)
     ]

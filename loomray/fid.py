@@ -16,6 +16,9 @@ torch-fidelity's own ``fid_statistics_to_metric``.
 
 from __future__ import annotations
 
+import os
+import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +52,7 @@ class FeatureSums:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         with open(tmp, "wb") as f:
             np.savez(f, n=self.n, total=self.total, outer=self.outer)
         tmp.replace(path)
@@ -59,8 +62,8 @@ class FeatureSums:
         try:
             with np.load(path) as z:
                 return cls(int(z["n"]), z["total"], z["outer"])
-        except (OSError, ValueError, KeyError):
-            return None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            return None  # absent or unreadable: computed again (and written whole)
 
 
 def frechet_distance(samples: FeatureSums, reference: FeatureSums) -> float:

@@ -167,7 +167,9 @@ def sample(
     def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         nonlocal calls
         calls += 1
-        return v(x, t)
+        # The solver's state and sums stay in the samples' precision (float32) even
+        # when the network runs under bf16 autocast: dopri5's error control needs it.
+        return v(x, t).to(x.dtype)
 
     with torch.no_grad():
         if m.steps is None:

@@ -45,7 +45,7 @@ RAY_ENV = {
 
 # loomray's own settings (``LOOMRAY_*``) that hold paths: sent on as absolute paths,
 # since workers and tasks run in other working directories.
-PATH_SETTINGS = ("LOOMRAY_CACHE", "LOOMRAY_FID_WEIGHTS")
+PATH_SETTINGS = ("LOOMRAY_CACHE", "LOOMRAY_FID_WEIGHTS", "LOOMRAY_PAPER_FID_WEIGHTS")
 # Other settings of the driver that the job's processes must share when set.
 FORWARDED = ("TUNE_DISABLE_STRICT_METRIC_CHECKING",)
 

@@ -133,33 +133,44 @@ def train_worker(config: dict[str, Any]) -> None:
                 checkpoint_dir_name=checkpoint_dir_name(step),
             )
 
+    # Throughput is wall time between log points, taken after the one read of the
+    # losses from the device (so the device has done those steps), without the
+    # checkpoints, evaluations and grids in between.
+    clock = {"start": time.perf_counter(), "steps": 0, "wait": 0.0}
+
     def on_step(log: StepLog) -> None:
         window.append(log)
         noise.note(wait=log.wait)
+        clock["steps"] += 1
+        clock["wait"] += log.wait
         if rank == 0 and log.step % cfg.train.log_every == 0:
-            # The one read of the losses from the device in log_every steps.
-            recent = window[-cfg.train.log_every :]
-            loss = mean_loss(recent)
+            loss = mean_loss(window[-cfg.train.log_every :])
             noise.note(loss=loss)
-            seconds = sum(w.seconds for w in recent)
+            seconds = time.perf_counter() - clock["start"]
             line = {
                 "step": log.step,
                 "loss": loss,
                 "lr": log.lr,
-                "images_per_s": cfg.train.batch * len(recent) / seconds,
-                "wait_fraction": sum(w.wait for w in recent) / seconds,
+                "images_per_s": cfg.train.batch * clock["steps"] / seconds,
+                "wait_fraction": clock["wait"] / seconds,
                 "time": time.time(),
             }
+            clock.update(start=time.perf_counter(), steps=0, wait=0.0)
             with metrics_path.open("a") as f:
                 f.write(json.dumps(line) + "\n")
             service.record.remote(line["images_per_s"])
         final = log.step == cfg.train.steps
         evaluate = final or (bool(cfg.eval.every) and log.step % cfg.eval.every == 0)
+        paused = False
         if log.step % cfg.train.ckpt_every == 0 or evaluate:
             report(log.step, evaluate)
             del window[:]
+            paused = True
         if rank == 0 and cfg.train.sample_every and log.step % cfg.train.sample_every == 0:
             write_samples(cfg, state.ema.model, device, run_dir / "samples", log.step)
+            paused = True
+        if paused:
+            clock.update(start=time.perf_counter(), steps=0, wait=0.0)
 
     train_steps(cfg, state, dataset, plan, noise, cfg.train.steps, device, rank, world, on_step)
     if rank == 0:
