@@ -69,6 +69,17 @@ def _path_or_fail(check, path: str, what: str) -> Path:
         fail(str(err))
 
 
+def _worker_counts(text: str) -> list[int]:
+    """``--workers 1,2`` -> [1, 2], or one sentence and exit 2."""
+    try:
+        counts = [int(w) for w in text.split(",")]
+    except ValueError:
+        fail(f"--workers must be comma-separated integers, got {text!r}")
+    if any(c < 1 for c in counts):
+        fail(f"--workers must be at least 1, got {text}")
+    return counts
+
+
 def _config_or_fail(config: str, overrides: list[str]):
     from loomray.config import ConfigError, load_config
 
@@ -651,12 +662,7 @@ def bench_train_cmd(
     from loomray.data import DatasetError
     from loomray.train.launch import LaunchError, connect
 
-    try:
-        counts = [int(w) for w in workers.split(",")] if workers else []
-    except ValueError:
-        fail(f"--workers must be comma-separated integers, got {workers!r}")
-    if any(c < 1 for c in counts):
-        fail(f"--workers must be at least 1, got {workers}")
+    counts = _worker_counts(workers) if workers else []
     extra = [*(overrides or []), f"train.steps={steps}", f"train.ckpt_every={steps}"]
     if len(counts) > 1:
         return _bench_scaling(config, extra, counts, batch_per_rank or 64, steps, address)
@@ -744,12 +750,9 @@ def bench_eval_cmd(
     from loomray.evaluate import EvaluationError
     from loomray.train.launch import LaunchError, connect
 
-    try:
-        counts = sorted({int(w) for w in workers.split(",")})
-    except ValueError:
-        fail(f"--workers must be comma-separated integers, got {workers!r}")
-    if not counts or counts[0] < 1 or steps < 1 or repeats < 1:
-        fail("--workers must be >= 1, and --steps and --repeats at least 1")
+    counts = sorted(set(_worker_counts(workers)))
+    if steps < 1 or repeats < 1:
+        fail(f"--steps and --repeats must be at least 1, got {steps} and {repeats}")
     cfg = _config_or_fail(config, list(overrides or []))
     count = n or cfg.eval.n
     try:

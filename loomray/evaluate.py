@@ -190,9 +190,8 @@ class Evaluator:
                 kwargs["feature_extractor_weights_path"] = self.weights
             layer = "128" if self.extractor == DIGITS_EXTRACTOR else "2048"
             try:
-                self._model = create_feature_extractor(
-                    self.extractor, [layer], cuda=self.device == "cuda", **kwargs
-                )
+                cuda = torch.device(self.device).type == "cuda"  # "cuda:1" too
+                self._model = create_feature_extractor(self.extractor, [layer], cuda=cuda, **kwargs)
             except (OSError, RuntimeError) as err:
                 if self.extractor == INCEPTION and not self.weights:
                     raise EvaluationError(
@@ -268,9 +267,10 @@ class Evaluator:
         return sums
 
 
-def reference_images(cfg: Config, split: str, rows: np.ndarray | None = None) -> torch.Tensor:
-    """The reference split as uint8 images (no mirrored rows) or 2-D points; ``rows``:
-    only these (with repeats), for a draw of the split (the paper protocol)."""
+def reference_images(cfg: Config, split: str, draw=None) -> torch.Tensor:
+    """The reference split as uint8 images (no mirrored rows) or 2-D points; ``draw``:
+    ``draw(len(split))`` gives the rows to keep (with repeats), e.g. the paper
+    protocol's draw, so only those are built."""
     from dataclasses import replace as dc_replace
 
     from loomray.data import build_dataset, load_cifar10, toy_points
@@ -286,23 +286,12 @@ def reference_images(cfg: Config, split: str, rows: np.ndarray | None = None) ->
         images = torch.from_numpy(
             load_cifar10(P(cfg.data.root).expanduser(), False, cfg.data.download)
         )
-        return images if rows is None else images[torch.from_numpy(rows)]
+        return images if draw is None else images[torch.from_numpy(draw(len(images)))]
     dataset = build_dataset(dc_replace(cfg, data=dc_replace(cfg.data, flip=False)))
-    rows = np.arange(len(dataset)) if rows is None else rows
+    rows = np.arange(len(dataset)) if draw is None else draw(len(dataset))
     # In chunks: the split as float32 at once would be 4x its uint8 size.
     chunks = [to_uint8(dataset.batch(rows[i : i + 10_000])) for i in range(0, len(rows), 10_000)]
     return torch.cat(chunks)
-
-
-def split_size(cfg: Config, split: str) -> int:
-    """How many images a split has (without building it)."""
-    if split == "test":
-        return 10_000  # CIFAR-10's test split, the only one loomray reads
-    from dataclasses import replace as dc_replace
-
-    from loomray.data import build_dataset
-
-    return len(build_dataset(dc_replace(cfg, data=dc_replace(cfg.data, flip=False))))
 
 
 def make_evaluator(
@@ -333,7 +322,10 @@ def make_evaluator(
 
         if cfg.data.name == "cifar10":
             split = "test"  # the authors draw CIFAR-10's real images from its test split
-        drawn = real_indices(split_size(cfg, split), real_count(cfg.data.name)).numpy()
+
+        def drawn(size: int) -> np.ndarray:
+            return real_indices(size, real_count(cfg.data.name)).numpy()
+
     reference = reference_images(cfg, split, drawn)
     if cfg.data.name == "toy2d":
         return Evaluator("energy", reference, device=device, note="energy distance to data")
