@@ -123,7 +123,6 @@ class StepLog:
     """The step's loss, a 0-d tensor left on the device: reading it (``float``) waits for
     the device, so readers do it every ``train.log_every`` steps, not every step."""
     lr: float
-    seconds: float
     wait: float
     """Seconds spent blocked on the noise source in this step."""
 
@@ -207,7 +206,6 @@ def train_steps(
     top_up(1 + cfg.coupling.prefetch)
     while ahead:
         step, _, x_cpu = ahead.popleft()
-        t0 = time.perf_counter()
         top_up(cfg.coupling.prefetch)
         w0 = time.perf_counter()
         z_np = noise.receive(step)
@@ -231,7 +229,6 @@ def train_steps(
             step=state.step,
             loss=loss.detach(),
             lr=state.scheduler.get_last_lr()[0],
-            seconds=time.perf_counter() - t0,
             wait=wait,
         )
         if on_step is not None:
