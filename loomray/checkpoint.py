@@ -127,3 +127,25 @@ def ema_model_of(ckpt: dict[str, Any]) -> tuple[Config, torch.nn.Module]:
             f"checkpoint {ckpt.get('path')} has no usable EMA weights: {err}"
         ) from err
     return cfg, model.eval()
+
+
+def init_weights(cfg: Config) -> dict[str, torch.Tensor] | None:
+    """The EMA weights ``train.init`` names, checked against ``cfg``'s model, or None
+    when the config has no ``train.init``; CheckpointError when they do not fit."""
+    from loomray.models import build_model
+
+    if not cfg.train.init:
+        return None
+    ckpt = load_checkpoint(Path(cfg.train.init).expanduser())
+    state = ckpt.get("ema")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"train.init {ckpt['path']} holds no EMA weights")
+    try:
+        build_model(cfg).load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).split("\n\t")[1] if "\n\t" in str(err) else str(err)
+        raise CheckpointError(
+            f"train.init {ckpt['path']} is a model of another shape than this config's "
+            f"({first.strip().rstrip('.')})"
+        ) from err
+    return state

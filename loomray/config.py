@@ -30,8 +30,8 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     name: str = "digits"
-    """The dataset: cifar10, imagenet32, imagenet64, folder, digits, toy2d, latents or
-    synthetic (see the table of datasets below)."""
+    """The dataset: cifar10, imagenet32, imagenet64, folder, digits, toy2d, latents,
+    synthetic or pairs (reflow: a folder made by ``loomray pairs``; docs/reflow.md)."""
     root: str | None = None
     """Where the dataset lives (or is downloaded to); None: the loader's default."""
     download: bool = False
@@ -81,7 +81,8 @@ class ModelConfig:
 @dataclass
 class CouplingConfig:
     kind: str = "loom"
-    """loom (LOOM-CFM) | minibatch-ot (OT-CFM) | independent (I-CFM)"""
+    """loom (LOOM-CFM) | minibatch-ot (OT-CFM) | independent (I-CFM) | pairs (reflow: each
+    pair keeps the noise it was generated from; needs data.name=pairs)"""
     caches: int = 4
     """LOOM: noise caches (seeds) per data row, K."""
     cost: str = "l2"
@@ -119,6 +120,9 @@ class TrainConfig:
     """Gradient-norm clipping."""
     seed: int = 0
     """Seed of the initial weights, the data order and each step's t and dropout."""
+    init: str | None = None
+    """A checkpoint (file or run dir) whose EMA weights start the model and its EMA (a
+    fresh optimizer and step 0), e.g. the model a reflow's pairs came from."""
     workers: int = 1
     """Ray Train workers (DDP ranks)."""
     gpus_per_worker: float = 0.0
@@ -200,6 +204,7 @@ DATASETS = (
     "toy2d",
     "latents",
     "synthetic",
+    "pairs",
 )
 MODELS = ("unet", "mlp")
 TOYS = ("moons", "8gaussians")
@@ -440,6 +445,15 @@ def validate(cfg: Config) -> Config:
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
     need(m.time_scale > 0, f"model.time_scale must be positive, got {m.time_scale}")
     need(c.kind in KINDS, f"coupling.kind must be one of {', '.join(KINDS)}, got {c.kind!r}")
+    need(
+        (d.name == "pairs") == (c.kind == "pairs"),
+        "reflow pairs train with their stored noise: data.name=pairs goes with "
+        f"coupling.kind=pairs (got data.name={d.name}, coupling.kind={c.kind})",
+    )
+    need(
+        not (d.name == "pairs" and d.flip),
+        "data.flip must be false for pairs: a mirrored image would need mirrored noise",
+    )
     need(c.caches >= 1, f"coupling.caches must be at least 1, got {c.caches}")
     need(c.cost in COSTS, f"coupling.cost must be one of {', '.join(COSTS)}, got {c.cost!r}")
     need(c.snapshot_every >= 1, "coupling.snapshot_every must be at least 1")

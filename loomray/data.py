@@ -231,6 +231,8 @@ def build_dataset(cfg: Config) -> RowDataset:
         )
     if root is None:
         raise DatasetError(f"data.root is required for the {d.name} dataset")
+    if d.name == "pairs":
+        return _pairs(root, d.channels, d.resolution, d.limit)
     if d.name == "cifar10":
         if (d.resolution, d.channels) != (32, 3):
             raise DatasetError("CIFAR-10 is 3x32x32: set data.resolution=32 data.channels=3")
@@ -249,6 +251,23 @@ def build_dataset(cfg: Config) -> RowDataset:
             f"under {root}"
         )
     return FolderDataset(_limit(files, d.limit), d.resolution, d.channels, d.flip)
+
+
+def _pairs(root: Path, channels: int, resolution: int, limit: int | None) -> RowDataset:
+    from loomray.pairs import PairsDataset
+
+    if not root.is_dir():
+        raise DatasetError(f"pairs not found: {root} is not a folder")
+    pairs = PairsDataset(root)
+    if pairs.shape != (channels, resolution, resolution):
+        raise DatasetError(
+            f"pairs folder {root} holds images of shape {pairs.shape}, the config wants "
+            f"{(channels, resolution, resolution)}"
+        )
+    if limit is not None:
+        pairs.data, pairs.seeds = pairs.data[:limit], pairs.seeds[:limit]
+        pairs.n_items = len(pairs.data)
+    return pairs
 
 
 class BatchPlan:

@@ -294,6 +294,23 @@ def reference_images(cfg: Config, split: str, draw=None) -> torch.Tensor:
     return torch.cat(chunks)
 
 
+def real_data_config(cfg: Config) -> Config:
+    """``cfg`` with the data its samples are compared with: for reflow pairs, the data
+    the pairs' source model was trained on (its FID reference), not the pairs."""
+    if cfg.data.name != "pairs":
+        return cfg
+    from dataclasses import replace as dc_replace
+
+    from loomray.config import ConfigError, config_from_dict
+    from loomray.pairs import PairsError, read_manifest
+
+    try:
+        source = config_from_dict(read_manifest(cfg.data.root).source_config)
+    except (PairsError, ConfigError) as err:
+        raise EvaluationError(f"the real data of pairs {cfg.data.root} is unknown: {err}") from err
+    return dc_replace(cfg, data=source.data)
+
+
 def make_evaluator(
     cfg: Config,
     split: str = "train",
@@ -306,6 +323,7 @@ def make_evaluator(
     ``with_reference=False``: for a worker that only computes shares
     (``Evaluator.share``); whoever combines them needs the reference."""
     protocol = protocol or cfg.eval.protocol
+    cfg = real_data_config(cfg)
     if split not in ("train", "test"):
         raise EvaluationError(f"--ref must be train or test, got {split!r}")
     if protocol not in PROTOCOLS:
@@ -380,6 +398,7 @@ def _share_evaluator(
     cfg: Config, fid_weights: str | None, device: str, protocol: str = "standard"
 ) -> Evaluator:
     empty = torch.zeros(0)
+    cfg = real_data_config(cfg)
     if cfg.data.name == "toy2d":
         return Evaluator("energy", empty, device=device)
     if cfg.data.name == "digits":

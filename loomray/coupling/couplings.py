@@ -13,6 +13,8 @@ noise to pair with it::
   cost never increases.
 * ``MinibatchOTCoupling``: fresh noise, OT inside the batch only (OT-CFM).
 * ``IndependentCoupling``: fresh noise, no re-pairing (I-CFM).
+* ``PairsCoupling``: reflow; each row keeps the noise it was generated from
+  (the seed stored with the pair), no re-pairing.
 
 Rows: with random horizontal flips a flipped image is a data point of its own,
 row ``i + n_images`` (see ``flip_rows``), as in the authors' code.
@@ -30,7 +32,7 @@ from loomray.coupling.noise import noise_from_seeds
 from loomray.coupling.ot import Cost, assignment_from_cost, check_cost, cost_matrix, pair_costs
 from loomray.coupling.table import AssignmentTable
 
-KINDS: tuple[str, ...] = ("loom", "minibatch-ot", "independent")
+KINDS: tuple[str, ...] = ("loom", "minibatch-ot", "independent", "pairs")
 
 
 def flip_rows(images: np.ndarray, flipped: np.ndarray, n_images: int) -> np.ndarray:
@@ -118,6 +120,19 @@ def _fresh_seeds(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.integers(0, 2**63 - 1, size=n, dtype=np.int64)
 
 
+def _unpaired(x, seeds_of, cost: Cost) -> tuple[np.ndarray, CouplingStats]:
+    """A step without re-pairing: the noise of ``seeds_of(len(x))``, and its stats."""
+    x = np.asarray(x, np.float32)
+    t0 = time.perf_counter()
+    seeds = seeds_of(len(x))
+    z = noise_from_seeds(seeds, x.shape[1:])
+    t1 = time.perf_counter()
+    c = float(pair_costs(x, z, cost).sum())
+    n = len(x)
+    stats = CouplingStats(0, c, c, np.zeros(n, np.int64), {"noise": t1 - t0}, np.arange(n), seeds)
+    return z, stats
+
+
 class _FreshNoiseCoupling(Coupling):
     """Baselines: fresh noise every step, from the step's rng; no table."""
 
@@ -130,17 +145,7 @@ class IndependentCoupling(_FreshNoiseCoupling):
     kind = "independent"
 
     def step(self, rows, x, rng):
-        x = np.asarray(x, np.float32)
-        t0 = time.perf_counter()
-        seeds = _fresh_seeds(rng, len(x))
-        z = noise_from_seeds(seeds, x.shape[1:])
-        t1 = time.perf_counter()
-        c = float(pair_costs(x, z, self.cost).sum())
-        n = len(x)
-        stats = CouplingStats(
-            0, c, c, np.zeros(n, np.int64), {"noise": t1 - t0}, np.arange(n), seeds
-        )
-        return z, stats
+        return _unpaired(x, lambda n: _fresh_seeds(rng, n), self.cost)
 
 
 class MinibatchOTCoupling(_FreshNoiseCoupling):
@@ -155,6 +160,28 @@ class MinibatchOTCoupling(_FreshNoiseCoupling):
         perm, stats = self._pair(x, z, np.zeros(len(x), np.int64), seconds)
         stats.seeds = seeds[perm]
         return z[perm], stats
+
+
+class PairsCoupling(Coupling):
+    """Reflow: row i of a pairs dataset is trained against the noise of its stored seed."""
+
+    kind = "pairs"
+
+    def __init__(self, seeds: np.ndarray, cost: Cost = "l2") -> None:
+        super().__init__(cost)
+        self.seeds = np.asarray(seeds, np.int64)
+
+    def _seeds(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self.seeds)):
+            raise ValueError(f"row index out of range for {len(self.seeds)} pairs")
+        return self.seeds[rows]
+
+    def step(self, rows, x, rng):
+        return _unpaired(x, lambda n: self._seeds(rows), self.cost)
+
+    def replay(self, rows, perm, rng):
+        return self._seeds(rows)[np.asarray(perm, np.int64)], np.zeros(len(perm), np.int64)
 
 
 class LoomCoupling(Coupling):
@@ -235,8 +262,17 @@ def undo_permutation(
     return after
 
 
-def make_coupling(kind: str, table: AssignmentTable | None = None, cost: Cost = "l2") -> Coupling:
-    """The coupling named ``kind``; ``loom`` needs a table."""
+def make_coupling(
+    kind: str,
+    table: AssignmentTable | None = None,
+    cost: Cost = "l2",
+    seeds: np.ndarray | None = None,
+) -> Coupling:
+    """The coupling named ``kind``; ``loom`` needs a table, ``pairs`` the pairs' seeds."""
+    if kind == "pairs":
+        if seeds is None:
+            raise ValueError("the pairs coupling needs the seeds of the pairs")
+        return PairsCoupling(seeds, cost)
     if kind == "loom":
         if table is None:
             raise ValueError("the loom coupling needs an assignment table")

@@ -65,9 +65,12 @@ class Rebuilt:
 class DurableState:
     """The service's snapshot and journal in ``folder``; used by the solver thread only."""
 
-    def __init__(self, folder: str | Path, identity: dict[str, Any]) -> None:
+    def __init__(
+        self, folder: str | Path, identity: dict[str, Any], pair_seeds: np.ndarray | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.identity = dict(identity)
+        self.pair_seeds = pair_seeds  # the pairs coupling's stored seeds (reflow)
         self.journal: Journal | None = None
         self.lineage = ""
         self.bytes = 0
@@ -191,7 +194,7 @@ class DurableState:
                 solved.insert(0, Solved(r, caches, answered))
             past = []
         else:
-            coupling = make_coupling(self.identity["kind"], None, cost)
+            coupling = make_coupling(self.identity["kind"], None, cost, self.pair_seeds)
         for r in past + ahead:  # the baselines' answers depend on the step alone
             answered, caches = coupling.replay(r.rows, r.perm, step_rng(seed, r.step))
             solved.append(Solved(r, caches, answered))

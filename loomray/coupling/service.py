@@ -72,6 +72,8 @@ class ServiceSpec:
     run: str = "loomray"
     run_id: str = ""
     """Identifies the run's training config: a snapshot or journal of another is refused."""
+    pair_seeds: np.ndarray | None = None
+    """The pairs coupling (reflow): the noise seed stored with each row."""
 
 
 @dataclass
@@ -113,14 +115,16 @@ class CouplingService:
         self.recent: collections.deque[Solved] = collections.deque(maxlen=UNDO_DEPTH)
         self.next_step: int | None = 0
         self.durable = (
-            DurableState(spec.snapshot_dir, self._identity()) if spec.snapshot_dir else None
+            DurableState(spec.snapshot_dir, self._identity(), spec.pair_seeds)
+            if spec.snapshot_dir
+            else None
         )
         self.lost = ""  # why the state is lost, when it is (next_step None)
         self.restoring_to: int | None = None
         if self.durable is not None and _reconstructed():
             self.restarts = 1
             self._rebuild(creation)
-        self.coupling = make_coupling(spec.kind, self.table, spec.cost)
+        self.coupling = make_coupling(spec.kind, self.table, spec.cost, spec.pair_seeds)
         self.steps: dict[int, _Step] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-solve")
         # One BLAS thread: the service lives beside busy training workers, and

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from loomray.checkpoint import latest_step
+from loomray.checkpoint import CheckpointError, init_weights, latest_step
 from loomray.config import (
     Config,
     ConfigError,
@@ -259,7 +259,7 @@ def service_name(run_dir: Path) -> str:
     return f"{SERVICE_PREFIX}{run_dir.resolve().name}"
 
 
-def start_service(cfg: Config, rows: int, run_dir: Path):
+def start_service(cfg: Config, rows: int, run_dir: Path, pair_seeds=None):
     """The CouplingService actor, created here on the driver and never in a worker."""
     import ray
 
@@ -280,6 +280,7 @@ def start_service(cfg: Config, rows: int, run_dir: Path):
         timeout_s=cfg.coupling.timeout_s,
         run=run_dir.resolve().name,
         run_id=run_id(cfg),
+        pair_seeds=pair_seeds,
     )
     actor = ray.remote(CouplingService).options(
         name=name,
@@ -392,14 +393,18 @@ def launch(
     from loomray.train.worker import train_worker
 
     run_dir = Path(run_dir).expanduser()
-    rows = len(build_dataset(cfg))  # fail on missing data before starting anything
+    dataset = build_dataset(cfg)  # fail on missing data before starting anything
     prepare_run_dir(cfg, run_dir, resume, write=False)  # and on a wrong run dir
+    try:
+        init_weights(cfg)  # and on weights to start from that do not fit
+    except CheckpointError as err:
+        raise LaunchError(str(err)) from err
     url = connect(address, quiet=quiet, dashboard_host=dashboard_host)
     if url and on_dashboard is not None:
         on_dashboard(url)
     check_resources(cfg)
     resumed = prepare_run_dir(cfg, run_dir, resume)
-    service = start_service(cfg, rows, run_dir)
+    service = start_service(cfg, len(dataset), run_dir, getattr(dataset, "seeds", None))
     if on_ready is not None:
         on_ready(service)
     t = cfg.train

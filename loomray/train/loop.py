@@ -95,6 +95,11 @@ class TrainState:
             "rng": {"scheme": "per-step", "seed": cfg.train.seed},
         }
 
+    def start_from(self, weights: dict[str, torch.Tensor]) -> None:
+        """Step 0 of a fine-tune (``train.init``): model and EMA both take ``weights``."""
+        unwrap(self.model).load_state_dict(weights)
+        self.ema.model.load_state_dict(weights)
+
     def load(self, payload: dict[str, Any]) -> None:
         model = unwrap(self.model)
         model.load_state_dict(payload["model"])
@@ -249,11 +254,21 @@ class LocalRun:
 
 def train_local(cfg: Config, device: str = "cpu", steps: int | None = None) -> LocalRun:
     """Single-process training with the configured coupling (no Ray)."""
+    from loomray.checkpoint import init_weights
+
     dev = torch.device(device)
     dataset = build_dataset(cfg)
     plan = BatchPlan(len(dataset), cfg.train.batch, cfg.train.seed)
-    coupling = make_coupling(cfg.coupling.kind, make_table(cfg, len(dataset)), cfg.coupling.cost)
+    coupling = make_coupling(
+        cfg.coupling.kind,
+        make_table(cfg, len(dataset)),
+        cfg.coupling.cost,
+        getattr(dataset, "seeds", None),
+    )
     noise = LocalNoise(coupling, cfg.coupling.seed)
     state = build_state(cfg, dev)
+    weights = init_weights(cfg)
+    if weights is not None:
+        state.start_from(weights)
     history = train_steps(cfg, state, dataset, plan, noise, steps or cfg.train.steps, dev)
     return LocalRun(cfg, state, dataset, noise, history)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loomray.checkpoint import save_checkpoint
+from loomray.checkpoint import init_weights, save_checkpoint
 from loomray.config import Config, config_from_dict
 from loomray.coupling import AssignmentTable, noise_from_seeds
 from loomray.coupling.client import ServiceNoise, call_service
@@ -87,6 +87,8 @@ def train_worker(config: dict[str, Any]) -> None:
     state = build_state(cfg, device)
     checkpoint = ray.train.get_checkpoint()
     table = _restore(state, checkpoint) if checkpoint is not None else None
+    if checkpoint is None and cfg.train.init:
+        state.start_from(init_weights(cfg))  # a fine-tune (reflow) starts from these
     if rank == 0:
         call_service(
             service.restore,
