@@ -96,7 +96,7 @@ def presets_cmd() -> None:
 
     table = Table()
     for col in ("preset", "data", "model", "coupling", "batch", "steps", "workers"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "preset")
     for name in preset_names():
         c = load_config(name)
         model = c.model.kind if c.model.kind == "mlp" else f"unet {c.model.channels}ch"
@@ -104,7 +104,7 @@ def presets_cmd() -> None:
             name,
             f"{c.data.name} {'x'.join(map(str, c.sample_shape))}",
             model,
-            f"{c.coupling.kind} K={c.coupling.caches}",
+            c.coupling.kind + (f" K={c.coupling.caches}" if c.coupling.kind == "loom" else ""),
             str(c.train.batch),
             str(c.train.steps),
             f"{c.train.workers} x {'GPU' if c.train.gpus_per_worker else 'CPU'}",
@@ -216,7 +216,19 @@ def _resolve_train_config(config, overrides, workers, gpus):
     cfg = _config_or_fail(config, extra)
     if gpus and cfg.train.gpus_per_worker == 0:
         cfg = _config_or_fail(config, [*extra, "train.gpus_per_worker=1"])
-    return cfg
+    return absolute_paths(cfg)
+
+
+def absolute_paths(cfg):
+    """Paths the workers read (pairs, weights to start from) made absolute: workers run
+    in other folders than the command."""
+    from dataclasses import replace
+
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else path
+
+    data = replace(cfg.data, root=absolute(cfg.data.root)) if cfg.data.name == "pairs" else cfg.data
+    return replace(cfg, data=data, train=replace(cfg.train, init=absolute(cfg.train.init)))
 
 
 @app.command("train")
@@ -913,3 +925,6 @@ def bench_quality_cmd(
         f"{cfg.name}: {cfg.train.steps} steps, {seeds} seeds",
     )
     console.print(f"wrote {folder / 'quality.json'} and {plot}", markup=False)
+
+
+from loomray import cli_reflow  # noqa: E402,F401  (registers `pairs` and `reflow`)

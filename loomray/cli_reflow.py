@@ -1,0 +1,250 @@
+"""`loomray pairs` and `loomray reflow`: the reflow commands of the command line."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from loomray.cli import (
+    DASHBOARD_HOST_HELP,
+    _report_interrupt,
+    _show_dashboard,
+    _warn_exposure,
+    app,
+    console,
+    fail,
+    plural,
+)
+
+SAMPLER_HELP = (
+    "Sampler that makes the pairs: dopri5 (adaptive, what the paper's reflow needs: "
+    "accurate endpoints) or euler-N, midpoint-N, heun-N, rk4-N."
+)
+
+
+def _pairs_progress(total: int):
+    """A rich progress bar with pairs/s, and the callback that advances it."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("[bold]pairs"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        refresh_per_second=2,
+    )
+    task = bar.add_task("pairs", total=total, rate="")
+
+    def update(done: int, total_: int) -> None:
+        speed = bar.tasks[0].speed
+        bar.update(task, completed=done, rate=f"{speed:.0f} pairs/s" if speed else "")
+
+    return bar, update
+
+
+def _generate(payload, folder: Path, manifest, workers: int, gpus: bool, again: list[str]):
+    """Make the missing shards on Ray workers with a progress bar; Ctrl-C keeps the
+    finished shards and says how to go on (exit 130)."""
+    from loomray.pairs import finished_shards
+    from loomray.reflow.generate import generate_pairs
+
+    done = len(finished_shards(folder, manifest)) if folder.is_dir() else 0
+    if done == manifest.shards:
+        console.print(f"pairs: all {manifest.pairs} are in {folder}", markup=False)
+        return None
+    bar, update = _pairs_progress(manifest.pairs)
+    try:
+        with bar:
+            return generate_pairs(payload, folder, manifest, workers, gpus, progress=update)
+    except KeyboardInterrupt:
+        kept = len(finished_shards(folder, manifest))
+        console.print(
+            f"interrupted; {kept} of {manifest.shards} shards are saved in {folder}. "
+            f"Continue with:\n  {shlex.join(again)}",
+            markup=False,
+        )
+        raise typer.Exit(code=130) from None
+
+
+def _plan_or_fail(ckpt: str, n: int | None, sampler: str, batch=None, shard=None, seed=0):
+    """(checkpoint payload, its config, the manifest of the pairs asked for)."""
+    from loomray.checkpoint import CheckpointError, config_of, load_checkpoint
+    from loomray.pairs import PairsError
+    from loomray.reflow.chain import default_pairs
+    from loomray.reflow.generate import plan_pairs
+
+    try:
+        payload = load_checkpoint(ckpt)
+        source = config_of(payload)
+        count = n if n is not None else default_pairs(source)
+        return payload, source, plan_pairs(payload, count, sampler, batch, shard, seed)
+    except (CheckpointError, PairsError) as err:
+        fail(str(err))
+
+
+@app.command("pairs")
+def pairs_cmd(
+    ckpt: str = typer.Option(..., help="Checkpoint file or run directory of the source model."),
+    out: str = typer.Option(..., help="Pairs folder (made, or resumed when it holds these)."),
+    n: int = typer.Option(None, "--n", "--pairs", help="Pairs to make (default: 1M; digits 20k)."),
+    sampler: str = typer.Option("dopri5", help=SAMPLER_HELP),
+    batch: int = typer.Option(None, help="Pairs sampled together (default: eval.batch)."),
+    shard_size: int = typer.Option(None, help="Pairs per shard (default ~10k, whole batches)."),
+    seed: int = typer.Option(0, help="Noise stream: seeds 3e12 + seed * 1e10 + pair index."),
+    workers: int = typer.Option(1, help="Ray workers that share the shards."),
+    gpus: bool = typer.Option(False, "--gpus/--cpu", help="One GPU per worker."),
+    address: str = typer.Option(None, help="Ray cluster to join (default: a local Ray)."),
+) -> None:
+    """Make reflow pairs (noise seed, sample) from a model, in resumable Parquet shards."""
+    from loomray.pairs import PairsError, check_folder
+    from loomray.train.launch import LaunchError, connect
+
+    if workers < 1:
+        fail(f"--workers must be at least 1, got {workers}")
+    payload, _, manifest = _plan_or_fail(ckpt, n, sampler, batch, shard_size, seed)
+    folder = Path(out).expanduser()
+    try:
+        check_folder(folder, manifest)
+        connect(address, quiet=True)
+    except (PairsError, LaunchError) as err:
+        fail(str(err))
+    again = ["loomray", "pairs", "--ckpt", ckpt, "--out", out, "--n", str(manifest.pairs)]
+    again += ["--sampler", manifest.sampler, "--workers", str(workers)]
+    made = _generate(payload, folder, manifest, workers, gpus, again)
+    if made is not None:
+        console.print(
+            f"made {made.pairs_made} pairs ({manifest.sampler}) in {made.seconds:.1f} s on "
+            f"{plural(workers, 'worker')}: {made.pairs_per_s:.0f} pairs/s; {folder}",
+            markup=False,
+        )
+
+
+@app.command("reflow")
+def reflow_cmd(
+    ckpt: str = typer.Option(..., help="Checkpoint file or run directory of the source model."),
+    overrides: list[str] = typer.Argument(None, help="section.key=value overrides."),
+    config: str = typer.Option(
+        None, "--config", "-c", help="Reflow preset or YAML (default: <source>-reflow)."
+    ),
+    pairs: int = typer.Option(None, help="Pairs to train on (default: 1M; digits 20k)."),
+    sampler: str = typer.Option("dopri5", help=SAMPLER_HELP),
+    pairs_dir: str = typer.Option(None, help="Pairs folder (default: <run-dir>/pairs)."),
+    run_dir: str = typer.Option(None, help="Run directory (default runs/<preset name>)."),
+    workers: int = typer.Option(None, help="Workers (overrides train.workers)."),
+    gpus: bool = typer.Option(None, "--gpus/--cpu", help="One GPU per worker, or CPU only."),
+    address: str = typer.Option(None, help="Ray cluster to join (default: a local Ray)."),
+    verbose: bool = typer.Option(False, help="Stream the workers' logs to this terminal."),
+    dashboard_host: str = typer.Option("127.0.0.1", help=DASHBOARD_HOST_HELP),
+) -> None:
+    """Reflow a model: make pairs, fine-tune on them, score before and after (resumable)."""
+    from dataclasses import replace as dc_replace
+
+    from loomray.reflow.chain import ReflowError, reflow_config, reflow_preset
+
+    payload, source, manifest = _plan_or_fail(ckpt, pairs, sampler)
+    extra = list(overrides or [])
+    extra += [f"train.workers={workers}"] if workers is not None else []
+    extra += ["train.gpus_per_worker=0"] if gpus is False else []
+    extra += ["train.gpus_per_worker=1"] if gpus else []
+    try:
+        preset = config or reflow_preset(source)
+        cfg = reflow_config(source, Path(payload["path"]), Path(pairs_dir or "."), preset, extra)
+        run = Path(run_dir).expanduser() if run_dir else Path("runs") / cfg.name
+        folder = Path(pairs_dir).expanduser() if pairs_dir else run / "pairs"
+        cfg = dc_replace(cfg, data=dc_replace(cfg.data, root=str(folder.resolve())))
+    except ReflowError as err:
+        fail(str(err))
+    if manifest.pairs < cfg.train.batch:
+        fail(f"--pairs {manifest.pairs} is smaller than the training batch of {cfg.train.batch}")
+    _warn_exposure(dashboard_host)
+    again = ["loomray", "reflow", "--ckpt", ckpt, *(overrides or [])]
+    again += [*(["--config", config] if config else []), "--pairs", str(manifest.pairs)]
+    again += ["--sampler", manifest.sampler, "--run-dir", str(run)]
+    again += [*(["--pairs-dir", pairs_dir] if pairs_dir else [])]
+    again += [*(["--workers", str(workers)] if workers is not None else [])]
+    again += [*([] if gpus is None else ["--gpus" if gpus else "--cpu"])]
+    again += [*(["--address", address] if address else [])]
+    _reflow_stages(payload, cfg, manifest, run, folder, address, verbose, dashboard_host, again)
+
+
+def _reflow_stages(payload, cfg, manifest, run, folder, address, verbose, host, again) -> None:
+    """Check everything, then pairs -> scores of the source -> training -> the table."""
+    from loomray.checkpoint import latest_step
+    from loomray.data import DatasetError
+    from loomray.pairs import PairsError, check_folder
+    from loomray.train.launch import (
+        Interrupted,
+        LaunchError,
+        check_resources,
+        connect,
+        launch,
+        prepare_run_dir,
+    )
+
+    try:
+        prepare_run_dir(cfg, run, resume=False, write=False)
+        check_folder(folder, manifest)
+        console.print("starting a local Ray..." if address is None else f"joining {address}...")
+        url = connect(address, quiet=not verbose, dashboard_host=host)
+        if url:
+            _show_dashboard(url)
+        check_resources(cfg)
+        prepare_run_dir(cfg, run, resume=False, write=True)
+        workers, gpus = cfg.train.workers, cfg.train.gpus_per_worker > 0
+        _generate(payload, folder, manifest, workers, gpus, again)
+        before = _source_scores(payload, cfg, run, workers, gpus)
+        if (latest_step(run) or 0) < cfg.train.steps:
+            launch(cfg, run, address, quiet=not verbose, dashboard_host=host)
+    except (LaunchError, DatasetError, PairsError, ValueError) as err:
+        fail(str(err))
+    except Interrupted as stop:
+        _report_interrupt(stop, again)
+    _print_before_after(cfg, run, before)
+
+
+def _source_scores(payload, cfg, run: Path, workers: int, gpus: bool) -> dict:
+    """The source model's scores with the reflow's samplers (computed once, kept in
+    ``<run>/eval/source-step<N>.json``)."""
+    from loomray.evaluate import make_evaluator, write_results
+    from loomray.evaluate_workers import evaluate_with_workers
+    from loomray.reflow.chain import read_scores, source_scores_path
+
+    path = source_scores_path(run, int(payload["step"]))
+    scores = read_scores(path)
+    if scores is not None:
+        return scores
+    evaluator = make_evaluator(cfg, "train", None, "cpu")
+    if evaluator.metric == "fid":
+        evaluator.reference_sums()
+    methods = list(cfg.eval.methods)
+    with console.status(f"scoring the source model ({', '.join(methods)})..."):
+        rows = evaluate_with_workers(
+            payload["path"], methods, cfg.eval.n, evaluator, workers, gpus
+        )
+    write_results(rows, path.parent, path.stem)
+    return read_scores(path) or {}
+
+
+def _print_before_after(cfg, run: Path, before: dict) -> None:
+    import json
+
+    from loomray.reflow.chain import before_after, read_scores, trained_scores_path
+
+    after = read_scores(trained_scores_path(run, cfg.train.steps)) or {}
+    rows = before_after(before, after)
+    if not rows:
+        fail(f"the reflowed model of {run} has no final scores; rerun to evaluate it")
+    table = Table(title=f"reflow {run}: {cfg.eval.n} samples per sampler")
+    for col in ("sampler", "NFE", f"{rows[0]['metric']} before", "after"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["method"], f"{r['nfe']:g}", f"{r['before']:.3f}", f"{r['after']:.3f}")
+    console.print(table)
+    summary = run / "eval" / "reflow.json"
+    summary.write_text(json.dumps(rows, indent=2))
+    console.print(f"wrote {summary}", markup=False)

@@ -1,0 +1,191 @@
+"""Reflow pairs from a checkpoint's EMA model, split over Ray tasks by shard.
+
+    manifest = plan_pairs(load_checkpoint("runs/digits"), n=20_000, sampler="dopri5")
+    result = generate_pairs(payload, Path("runs/digits-reflow/pairs"), manifest, workers=2)
+
+Shard k holds pairs ``k * shard_size ..``; its noise seeds and its sampling
+batches are fixed by the manifest, so a shard is a pure function of the model and
+its index: one worker or several, a fresh run or a resumed one, the shards are
+the same. Each task returns its shard to the driver, which writes it
+atomically, so nodes need no shared file system and a finished shard is never
+made twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from loomray.checkpoint import config_of, ema_model_of
+from loomray.coupling import noise_from_seeds
+from loomray.evaluate import to_uint8
+from loomray.pairs import (
+    PairsError,
+    PairsManifest,
+    finished_shards,
+    open_folder,
+    pair_seeds,
+    weights_fingerprint,
+    write_shard,
+)
+from loomray.sampling import parse_method, sample
+
+DEFAULT_SAMPLER = "dopri5"
+DEFAULT_SHARD = 10_000
+
+
+def plan_pairs(
+    payload: dict[str, Any],
+    n: int,
+    sampler: str = DEFAULT_SAMPLER,
+    batch: int | None = None,
+    shard_size: int | None = None,
+    seed: int = 0,
+) -> PairsManifest:
+    """The manifest of ``n`` pairs from a loaded checkpoint (``load_checkpoint``);
+    PairsError says what is wrong with the request."""
+    cfg = config_of(payload)
+    if cfg.data.name == "toy2d":
+        raise PairsError("reflow pairs are images; a toy2d model makes 2-D points")
+    try:
+        method = parse_method(sampler).name
+    except ValueError as err:
+        raise PairsError(f"--sampler: {err}") from err
+    batch = batch or min(cfg.eval.batch, n)
+    shard_size = shard_size or batch * max(1, DEFAULT_SHARD // batch)
+    if n < 1 or batch < 1 or seed < 0:
+        raise PairsError(f"--pairs and --batch must be at least 1 and --seed >= 0 (got {n}, "
+                         f"{batch}, {seed})")
+    if shard_size % batch:
+        raise PairsError(
+            f"--shard-size {shard_size} must be a multiple of --batch {batch}: a shard is "
+            "made of whole sampling batches"
+        )
+    return PairsManifest(
+        source=str(Path(payload["path"]).resolve()),
+        source_fingerprint=weights_fingerprint(payload["ema"]),
+        source_step=int(payload.get("step", 0)),
+        sampler=method,
+        pairs=n,
+        shard_size=shard_size,
+        batch=batch,
+        seed=seed,
+        shape=cfg.sample_shape,
+        rtol=cfg.eval.rtol,
+        atol=cfg.eval.atol,
+        source_config=cfg.to_dict(),
+    )
+
+
+def make_shard(
+    model: torch.nn.Module, manifest: PairsManifest, index: int, device="cpu"
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Shard ``index``: (seeds, uint8 images, mean NFE per pair), sampled in float32."""
+    lo, hi = manifest.shard_range(index)
+    seeds = pair_seeds(manifest.seed, lo, hi)
+    model = model.to(device).eval()
+    images, nfe = [], 0.0
+    for start in range(lo, hi, manifest.batch):
+        part = seeds[start - lo : min(hi, start + manifest.batch) - lo]
+        z = torch.from_numpy(noise_from_seeds(part, manifest.shape)).to(device)
+        result = sample(model, z, manifest.sampler, rtol=manifest.rtol, atol=manifest.atol)
+        images.append(to_uint8(result.x).numpy())
+        nfe += result.nfe * len(part)
+    return seeds, np.concatenate(images), nfe / (hi - lo)
+
+
+def _shard_task(weights, config: dict, manifest: dict, index: int, threads: int):
+    from loomray.config import config_from_dict
+    from loomray.models import build_model
+
+    torch.set_num_threads(max(1, threads))
+    model = build_model(config_from_dict(config))
+    model.load_state_dict(weights)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return index, *make_shard(model, PairsManifest(**manifest), index, device)
+
+
+@dataclass
+class Generated:
+    folder: Path
+    manifest: PairsManifest
+    made: int
+    """Shards made by this call (the others were there already)."""
+    pairs_made: int
+    seconds: float
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs_made / self.seconds if self.pairs_made and self.seconds > 0 else 0.0
+
+
+Progress = Callable[[int, int], None]
+
+
+def todo(folder: Path, manifest: PairsManifest) -> list[int]:
+    """Open (or create) the pairs folder; the shards still to make."""
+    open_folder(folder, manifest)
+    done = finished_shards(folder, manifest)
+    return [i for i in range(manifest.shards) if i not in done]
+
+
+def _pairs_done(manifest: PairsManifest, missing: list[int]) -> int:
+    return manifest.pairs - sum(hi - lo for lo, hi in map(manifest.shard_range, missing))
+
+
+def generate_local(
+    model: torch.nn.Module, folder: Path, manifest: PairsManifest, progress: Progress | None = None
+) -> Generated:
+    """Every missing shard, in this process (benchmarks, tests)."""
+    start, missing = time.perf_counter(), todo(folder, manifest)
+    left = list(missing)
+    for index in missing:
+        write_shard(folder, manifest, index, *make_shard(model, manifest, index))
+        left.remove(index)
+        if progress is not None:
+            progress(_pairs_done(manifest, left), manifest.pairs)
+    made = manifest.pairs - _pairs_done(manifest, missing)
+    return Generated(folder, manifest, len(missing), made, time.perf_counter() - start)
+
+
+def generate_pairs(
+    payload: dict[str, Any],
+    folder: Path,
+    manifest: PairsManifest,
+    workers: int = 1,
+    gpus: bool = False,
+    threads: int = 1,
+    progress: Progress | None = None,
+) -> Generated:
+    """Every missing shard on ``workers`` Ray tasks at a time (Ray must be connected);
+    each finished shard is written as soon as it arrives."""
+    import ray
+
+    start, missing = time.perf_counter(), todo(folder, manifest)
+    if not missing:
+        return Generated(folder, manifest, 0, 0, 0.0)
+    _, model = ema_model_of(payload)  # the weights load: checked before any task starts
+    weights = ray.put(model.state_dict())
+    config = config_of(payload).to_dict()
+    task = ray.remote(_shard_task).options(
+        num_cpus=0 if gpus else threads, num_gpus=1 if gpus else 0
+    )
+    queue, running, left = list(missing), [], list(missing)
+    spec = asdict(manifest)
+    while queue or running:
+        while queue and len(running) < workers:
+            running.append(task.remote(weights, config, spec, queue.pop(0), threads))
+        ready, running = ray.wait(running, num_returns=1)
+        index, seeds, images, nfe = ray.get(ready[0])
+        write_shard(folder, manifest, index, seeds, images, nfe)
+        left.remove(index)
+        if progress is not None:
+            progress(_pairs_done(manifest, left), manifest.pairs)
+    made = manifest.pairs - _pairs_done(manifest, missing)
+    return Generated(folder, manifest, len(missing), made, time.perf_counter() - start)
