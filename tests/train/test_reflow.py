@@ -45,7 +45,7 @@ def pairs_by_one(ray_session, source, tmp_path_factory):
     manifest = plan_pairs(payload, 600, "dopri5", batch=100, shard_size=200)
     folder = tmp_path_factory.mktemp("pairs") / "one"
     seen = []
-    made = generate_pairs(payload, folder, manifest, workers=1, progress=lambda d, t: seen.append(d))
+    made = generate_pairs(payload, folder, manifest, 1, progress=lambda d, t: seen.append(d))
     assert made.made == 3 and seen[-1] == 600
     return payload, manifest, folder
 
