@@ -80,6 +80,17 @@ def _worker_counts(text: str) -> list[int]:
     return counts
 
 
+def scaling(runs, counts: list[int]) -> list[tuple[int, float, float]]:
+    """(workers, median seconds, speed-up over the first count) of timed runs that have
+    ``workers`` and ``seconds``."""
+    import numpy as np
+
+    def median(w: int) -> float:
+        return float(np.median([r.seconds for r in runs if r.workers == w]))
+
+    return [(w, median(w), median(counts[0]) / median(w)) for w in counts]
+
+
 def _config_or_fail(config: str, overrides: list[str]):
     from loomray.config import ConfigError, load_config
 
@@ -755,7 +766,6 @@ def bench_eval_cmd(
     address: str = typer.Option(None, help="Ray cluster to join (default: a local Ray)."),
 ) -> None:
     """Wall time of one evaluation (every eval.methods sampler) with 1, 2, ... workers."""
-    import numpy as np
 
     from loomray.bench.eval import bench_eval
     from loomray.data import DatasetError
@@ -777,12 +787,9 @@ def bench_eval_cmd(
     table = Table(title=f"{cfg.name}: {count} samples x {', '.join(methods)}")
     for col in ("workers", "seconds (median)", "speed-up", *methods):
         table.add_column(col, justify="right")
-    base = float(np.median([r.seconds for r in runs if r.workers == counts[0]]))
-    for w in counts:
-        mine = [r for r in runs if r.workers == w]
-        seconds = float(np.median([r.seconds for r in mine]))
-        values = [f"{mine[0].values[m]:.4f}" for m in methods]
-        table.add_row(str(w), f"{seconds:.1f}", f"{base / seconds:.2f}x", *values)
+    for w, seconds, speedup in scaling(runs, counts):
+        values = [f"{next(r for r in runs if r.workers == w).values[m]:.4f}" for m in methods]
+        table.add_row(str(w), f"{seconds:.1f}", f"{speedup:.2f}x", *values)
     console.print(table)
     console.print(f"per round: {', '.join(f'{r.workers}w {r.seconds:.1f}s' for r in runs)}")
 

@@ -10,13 +10,18 @@ from rich.table import Table
 
 from loomray.cli import (
     DASHBOARD_HOST_HELP,
+    _config_or_fail,
+    _path_or_fail,
     _report_interrupt,
     _show_dashboard,
     _warn_exposure,
+    _worker_counts,
     app,
+    bench_app,
     console,
     fail,
     plural,
+    scaling,
 )
 
 SAMPLER_HELP = (
@@ -204,6 +209,9 @@ def _reflow_stages(payload, cfg, manifest, run, folder, address, verbose, host, 
         fail(str(err))
     except Interrupted as stop:
         _report_interrupt(stop, again)
+    except KeyboardInterrupt:
+        console.print(f"interrupted; continue with:\n  {shlex.join(again)}", markup=False)
+        raise typer.Exit(code=130) from None
     _print_before_after(cfg, run, before)
 
 
@@ -218,7 +226,9 @@ def _source_scores(payload, cfg, run: Path, workers: int, gpus: bool) -> dict:
     scores = read_scores(path)
     if scores is not None:
         return scores
-    evaluator = make_evaluator(cfg, "train", None, "cpu")
+    import torch
+
+    evaluator = make_evaluator(cfg, "train", None, "cuda" if torch.cuda.is_available() else "cpu")
     if evaluator.metric == "fid":
         evaluator.reference_sums()
     methods = list(cfg.eval.methods)
@@ -248,3 +258,97 @@ def _print_before_after(cfg, run: Path, before: dict) -> None:
     summary = run / "eval" / "reflow.json"
     summary.write_text(json.dumps(rows, indent=2))
     console.print(f"wrote {summary}", markup=False)
+
+
+@bench_app.command("pairs")
+def bench_pairs_cmd(
+    config: str = typer.Option("digits", "--config", "-c", help="Preset name or YAML path."),
+    overrides: list[str] = typer.Argument(None, help="section.key=value overrides."),
+    workers: str = typer.Option("1,2", help="Comma-separated worker counts to time."),
+    n: int = typer.Option(20_000, help="Pairs per timing."),
+    sampler: str = typer.Option("rk4-8", help="Sampler (fixed-step: its cost is known)."),
+    repeats: int = typer.Option(2, help="Timed rounds over the worker counts."),
+    address: str = typer.Option(None, help="Ray cluster to join (default: a local Ray)."),
+) -> None:
+    """Reflow pairs/s with 1, 2, ... Ray workers (the same pairs every time)."""
+    from loomray.bench.reflow import bench_pairs
+    from loomray.pairs import PairsError
+    from loomray.train.launch import LaunchError, connect
+
+    counts = sorted(set(_worker_counts(workers)))
+    if n < 1 or repeats < 1:
+        fail(f"--n and --repeats must be at least 1, got {n} and {repeats}")
+    cfg = _config_or_fail(config, list(overrides or []))
+    try:
+        connect(address, quiet=True)
+        with console.status(f"{cfg.name}: making {n} pairs ({sampler}) per timing..."):
+            runs = bench_pairs(cfg, counts, n, sampler, repeats)
+    except (LaunchError, PairsError) as err:
+        fail(str(err))
+    table = Table(title=f"{cfg.name}: {n} pairs ({sampler}) per timing")
+    for col in ("workers", "seconds (median)", "pairs/s", "speed-up"):
+        table.add_column(col, justify="right")
+    for w, seconds, speedup in scaling(runs, counts):
+        table.add_row(str(w), f"{seconds:.2f}", f"{n / seconds:.0f}", f"{speedup:.2f}x")
+    console.print(table)
+    console.print(f"per round: {', '.join(f'{r.workers}w {r.seconds:.2f}s' for r in runs)}")
+
+
+@bench_app.command("reflow")
+def bench_reflow_cmd(
+    config: str = typer.Option("digits", "--config", "-c", help="Preset name or YAML path."),
+    overrides: list[str] = typer.Argument(None, help="Overrides of the source runs."),
+    seeds: int = typer.Option(3, help="Seeds per coupling."),
+    pairs: int = typer.Option(50_000, help="Pairs per reflow."),
+    steps: int = typer.Option(10_000, help="Reflow training steps."),
+    sampler: str = typer.Option("rk4-8", help=SAMPLER_HELP),
+    n: int = typer.Option(None, help="Samples per score (default: eval.n)."),
+    out: str = typer.Option("bench-reflow", help="Folder for runs, the table and the plot."),
+) -> None:
+    """Reflow from independent, minibatch-OT and LOOM models alike: FID before and after."""
+    import json
+
+    from loomray.bench.reflow import KINDS, METHODS, plot_reflow, run_reflow_study, summarize
+    from loomray.data import DatasetError
+    from loomray.evaluate import EvaluationError
+    from loomray.pairs import PairsError
+    from loomray.paths import folder_to_write
+    from loomray.reflow.chain import ReflowError
+
+    cfg = _config_or_fail(config, list(overrides or []))
+    folder = _path_or_fail(folder_to_write, out, "--out")
+    if min(seeds, pairs, steps) < 1:
+        fail(f"--seeds, --pairs and --steps must be at least 1, got {seeds}, {pairs}, {steps}")
+    count = n or cfg.eval.n
+    try:
+        runs = run_reflow_study(
+            cfg, seeds, pairs, steps, sampler, folder, count,
+            log=lambda line: console.print(line, markup=False),
+        )
+    except (EvaluationError, DatasetError, PairsError, ReflowError) as err:
+        fail(str(err))
+    summary = summarize(runs)
+    table = Table(title=f"{cfg.name}: FID before -> after reflow (mean ± std, {seeds} seeds)")
+    table.add_column("sampler")
+    for kind in KINDS:
+        table.add_column(kind, justify="right")
+    for m in METHODS:
+        cells = [summary[k][m] for k in KINDS]
+        table.add_row(m, *(f"{b:.2f} ± {bs:.2f} -> {a:.2f} ± {as_:.2f}" for b, bs, a, as_ in cells))
+    console.print(table)
+    (folder / "reflow.json").write_text(
+        json.dumps(
+            {
+                "config": cfg.to_dict(),
+                "pairs": pairs,
+                "steps": steps,
+                "sampler": sampler,
+                "n": count,
+                "runs": [r.__dict__ for r in runs],
+            },
+            indent=2,
+        )
+    )
+    title = f"{cfg.name}: reflow with {pairs} pairs ({sampler}), {steps} steps, {seeds} seeds"
+    plot = plot_reflow(summary, "fid", folder / "reflow.png", title)
+    console.print(f"wrote {folder / 'reflow.json'} and {plot}", markup=False)

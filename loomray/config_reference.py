@@ -28,6 +28,9 @@ DATASETS = {
     "toy2d": "2-D points: two moons or 8 Gaussians (`data.toy`): offline.",
     "synthetic": "Random images of the configured shape, for speed measurements without "
     "data: offline.",
+    "pairs": "Reflow pairs made by `loomray pairs` (a folder under `data.root`): each "
+    "generated image is trained against the noise it came from (`coupling.kind=pairs`); "
+    "FID compares with the source model's data (docs/reflow.md).",
     "latents": "Stable Diffusion VAE latents, for the ffhq256 preset. The latent pipeline "
     "is not built yet: this stops with one sentence.",
 }

@@ -88,6 +88,20 @@ def _setup(tmp: Path) -> None:
     (tmp / "folder.pth").mkdir()
     (tmp / "text.pt").write_text("hello, not a checkpoint\n")
     (tmp / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
+    # a digits model, and a folder of pairs made by another model
+    digits = load_config("digits")
+    torch.manual_seed(0)
+    weights = build_model(digits).state_dict()
+    save_checkpoint(
+        tmp / "digits.pt", {"format": 1, "config": digits.to_dict(), "step": 5, "ema": weights}
+    )
+    from loomray.checkpoint import load_checkpoint
+    from loomray.pairs import open_folder
+    from loomray.reflow.generate import plan_pairs
+
+    other = plan_pairs(load_checkpoint(tmp / "digits.pt"), 1000, "dopri5")
+    other.source_fingerprint = "0" * 16
+    open_folder(tmp / "otherpairs", other)
 
 
 CASES = [
@@ -158,6 +172,27 @@ CASES = [
     ("status --address 127.0.0.1:1", "nothing answers on 127.0.0.1:1"),
     ("sweep {tmp}/good.yaml --storage {tmp}/sw --address 127.0.0.1:1", "cannot reach the Ray"),
     ("train --config digits --address nowhere", "--address nowhere is not host:port"),
+    # reflow
+    ("pairs --ckpt {tmp}/garbage.pt --out {tmp}/p", "cannot be read"),
+    ("pairs --ckpt {tmp}/toy.pt --out {tmp}/p", "reflow pairs are images"),
+    ("pairs --ckpt {tmp}/digits.pt --out {tmp}/otherpairs --n 1000", "holds other pairs"),
+    ("pairs --ckpt {tmp}/digits.pt --out {tmp}/occupied --n 100", "is not empty and holds no"),
+    ("pairs --ckpt {tmp}/digits.pt --out {tmp}/afile --n 100", "is a file, not a folder"),
+    ("pairs --ckpt {tmp}/digits.pt --out {tmp}/p --sampler rk45", "unknown sampler 'rk45'"),
+    ("pairs --ckpt {tmp}/digits.pt --out {tmp}/p --batch 30 --shard-size 50", "multiple of"),
+    ("pairs --ckpt {tmp}/digits.pt --out {tmp}/p --workers 0", "--workers must be at least 1"),
+    ("reflow --ckpt {tmp}/digits.pt --pairs 100", "smaller than the training batch of 128"),
+    ("reflow --ckpt {tmp}/toy.pt", "reflow pairs are images"),
+    ("reflow --ckpt {tmp}/noema.pt", "no usable EMA weights"),
+    ("reflow --ckpt {tmp}/digits.pt --run-dir {tmp}/occupied", "is not empty and holds no"),
+    ("reflow --ckpt {tmp}/digits.pt --run-dir {tmp}/other-run", "holds a run with another"),
+    ("reflow --ckpt {tmp}/digits.pt --run-dir {tmp}/r --pairs-dir {tmp}/otherpairs", "holds other"),
+    ("reflow --ckpt {tmp}/digits.pt --config nope", "unknown preset 'nope'"),
+    ("reflow --ckpt {tmp}/digits.pt train.lr=-1", "train.lr must be positive"),
+    ("train --config digits coupling.kind=pairs", "data.name=pairs goes with coupling.kind"),
+    ("train --config digits-reflow data.root={tmp}/otherpairs", "is incomplete (0 of 1 shards)"),
+    ("train --config digits train.init={tmp}/toy.pt", "is a model of another shape"),
+    ("train --config digits train.init={tmp}/noema.pt", "holds no EMA weights"),
     # keys that would change nothing
     ("train --config digits model.channel_mult=[1,2,2]", "model.channel_mult has no effect"),
     # YAML errors say where, in words

@@ -37,3 +37,17 @@ def test_bench_quality_runs_all_couplings_and_writes_table_and_plot(tmp_path):
     assert report["global_ot_pair_cost"] < costs["loom"] < costs["independent"]
     assert costs["minibatch-ot"] < costs["independent"]
     assert (out / "quality.png").stat().st_size > 10_000
+
+
+def test_bench_reflow_reflows_every_coupling_and_writes_table_and_plot(tmp_path):
+    out = tmp_path / "r"
+    args = ["bench", "reflow", "--config", "digits", "train.steps=40", "model.hidden=64"]
+    args += ["--seeds", "1", "--pairs", "300", "--steps", "30", "--n", "200", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "reflow.json").read_text())
+    assert [r["kind"] for r in report["runs"]] == ["independent", "minibatch-ot", "loom"]
+    for run in report["runs"]:
+        assert set(run["before"]) == set(run["after"]) == {"euler-1", "euler-2", "midpoint-1"}
+        assert run["before"] != run["after"] and run["pairs_nfe"] == 32  # rk4-8
+    assert (out / "reflow.png").stat().st_size > 10_000

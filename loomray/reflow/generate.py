@@ -50,7 +50,7 @@ def plan_pairs(
 ) -> PairsManifest:
     """The manifest of ``n`` pairs from a loaded checkpoint (``load_checkpoint``);
     PairsError says what is wrong with the request."""
-    cfg = config_of(payload)
+    cfg, _ = ema_model_of(payload)  # a checkpoint without usable EMA weights fails here
     if cfg.data.name == "toy2d":
         raise PairsError("reflow pairs are images; a toy2d model makes 2-D points")
     try:

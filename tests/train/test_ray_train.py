@@ -18,20 +18,11 @@ from loomray.cli import app
 from loomray.config import load_config
 from loomray.coupling import AssignmentTable, LoomCoupling, step_rng
 from loomray.data import BatchPlan, build_dataset
-from loomray.train.launch import connect, launch
+from loomray.train.launch import launch
 from loomray.train.worker import CHECKPOINT_FILE, TABLE_FILE
 
 STEPS = 60
 BASE = ["train.workers=2", "train.log_every=10", "train.ckpt_every=30", "eval.methods=[euler-1]"]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    connect(None, quiet=True)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

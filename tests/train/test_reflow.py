@@ -15,19 +15,10 @@ from loomray.checkpoint import load_checkpoint, save_checkpoint
 from loomray.config import load_config
 from loomray.pairs import read_shard, shard_path
 from loomray.reflow.generate import generate_pairs, plan_pairs
-from loomray.train.launch import connect, launch
+from loomray.train.launch import launch
 from loomray.train.loop import train_local
 
 LOG = ["train.log_every=10", "train.ckpt_every=1000"]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    connect(None, quiet=True)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +90,10 @@ def test_reflow_command_chains_and_resumes(ray_session, source, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*.parquet")} == stamp
     assert json.loads((run / "eval" / "reflow.json").read_text()) == rows
     assert torch.load(source, weights_only=True)["step"] == 300  # the source is untouched
+
+
+def test_bench_pairs_times_one_and_two_workers(ray_session):
+    args = ["bench", "pairs", "--config", "digits", "--workers", "1,2", "--n", "800"]
+    result = CliRunner().invoke(__import__("loomray.cli").cli.app, [*args, "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    assert "pairs/s" in result.output and "1.00x" in result.output
