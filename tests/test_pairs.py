@@ -20,10 +20,10 @@ from loomray.pairs import (
     open_folder,
     read_manifest,
     read_shard,
-    shard_path,
 )
 from loomray.reflow.generate import generate_local, make_shard, plan_pairs
 from loomray.sampling import sample
+from loomray.shards import shard_path
 
 TINY = ["model.hidden=32", "model.layers=2", "train.workers=1"]
 
@@ -38,7 +38,7 @@ def _source(tmp: Path, seed: int = 0) -> tuple[dict, torch.nn.Module]:
 
 
 def _shards(folder: Path, manifest) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [read_shard(shard_path(folder, i), manifest) for i in range(manifest.shards)]
+    return [read_shard(folder, manifest, i) for i in range(manifest.shards)]
 
 
 def test_pairs_round_trip(tmp_path):

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from loomray.checkpoint import load_checkpoint, save_checkpoint
 from loomray.config import load_config
-from loomray.pairs import read_shard, shard_path
+from loomray.pairs import read_shard
 from loomray.reflow.generate import generate_pairs, plan_pairs
 from loomray.train.launch import launch
 from loomray.train.loop import train_local
@@ -46,8 +46,8 @@ def test_two_workers_make_the_same_pairs_as_one(pairs_by_one, tmp_path):
     made = generate_pairs(payload, tmp_path / "two", manifest, workers=2)
     assert made.made == 3 and made.pairs_per_s > 0
     for i in range(manifest.shards):
-        s1, x1 = read_shard(shard_path(one, i), manifest)
-        s2, x2 = read_shard(shard_path(tmp_path / "two", i), manifest)
+        s1, x1 = read_shard(one, manifest, i)
+        s2, x2 = read_shard(tmp_path / "two", manifest, i)
         assert np.array_equal(s1, s2) and np.array_equal(x1, x2)
     # a rerun finds every shard finished and makes none
     assert generate_pairs(payload, tmp_path / "two", manifest, workers=2).made == 0
