@@ -178,3 +178,16 @@ class ShardFolder:
             raw = raw[column.offset * width : (column.offset + len(column)) * width]
             out[name] = raw.view(dtype).reshape(len(column), *shape).copy()
         return out
+
+
+def run_tasks(task, indices: list[int], workers: int, args, done) -> None:
+    """``task.remote(*args(i))`` for every shard index, ``workers`` at a time (Ray must
+    be connected), and ``done(*result)`` on the driver as each result arrives."""
+    import ray
+
+    queue, running = list(indices), []
+    while queue or running:
+        while queue and len(running) < workers:
+            running.append(task.remote(*args(queue.pop(0))))
+        ready, running = ray.wait(running, num_returns=1)
+        done(*ray.get(ready[0]))

@@ -21,7 +21,7 @@ from loomray.pairs import (
     read_manifest,
     read_shard,
 )
-from loomray.reflow.generate import generate_local, make_shard, plan_pairs
+from loomray.reflow.generate import generate_pairs, make_shard, plan_pairs
 from loomray.sampling import sample
 from loomray.shards import shard_path
 
@@ -45,7 +45,7 @@ def test_pairs_round_trip(tmp_path):
     payload, model = _source(tmp_path)
     manifest = plan_pairs(payload, 250, "euler-3", batch=50, shard_size=100)
     assert manifest.shards == 3 and manifest.shape == (1, 8, 8)
-    made = generate_local(model, tmp_path / "pairs", manifest)
+    made = generate_pairs(payload, tmp_path / "pairs", manifest, 0)
     assert made.made == 3 and made.pairs_made == 250
     pairs = PairsDataset(tmp_path / "pairs")
     assert len(pairs) == 250 and pairs.data.dtype == torch.uint8
@@ -79,7 +79,7 @@ def test_a_resumed_generation_makes_the_same_shards(tmp_path):
     payload, model = _source(tmp_path)
     manifest = plan_pairs(payload, 300, "midpoint-2", batch=50, shard_size=100)
     whole = tmp_path / "whole"
-    generate_local(model, whole, manifest)
+    generate_pairs(payload, whole, manifest, 0)
     cut = tmp_path / "cut"
     open_folder(cut, manifest)
     # shard 0 finished; shard 1 cut mid-write (a temporary file), shard 2 torn under its
@@ -92,7 +92,7 @@ def test_a_resumed_generation_makes_the_same_shards(tmp_path):
     shard_path(cut, 2).write_bytes(good[: len(good) // 2])
     assert finished_shards(cut, manifest) == {0}
     before = shard_path(cut, 0).stat().st_mtime_ns
-    made = generate_local(model, cut, manifest)
+    made = generate_pairs(payload, cut, manifest, 0)
     assert made.made == 2  # shard 0 was kept, not made again
     assert shard_path(cut, 0).stat().st_mtime_ns == before
     for (s1, i1), (s2, i2) in zip(_shards(whole, manifest), _shards(cut, manifest), strict=True):
@@ -146,7 +146,7 @@ def test_pairs_dataset_through_the_config(tmp_path):
     cfg = load_config("digits-reflow", [*pairs, "train.batch=50"])
     with pytest.raises(DatasetError, match="is incomplete \\(1 of 2 shards\\)"):
         build_dataset(cfg)
-    generate_local(model, folder, manifest)
+    generate_pairs(payload, folder, manifest, 0)
     assert len(build_dataset(cfg)) == 200
     with pytest.raises(DatasetError, match="holds images of shape"):
         build_dataset(load_config("digits-reflow", [*pairs, "data.resolution=16"]))

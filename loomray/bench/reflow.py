@@ -27,7 +27,7 @@ from loomray.config import Config
 from loomray.evaluate import evaluate_model, make_evaluator
 from loomray.pairs import mean_nfe
 from loomray.reflow.chain import reflow_config, reflow_preset
-from loomray.reflow.generate import generate_local, generate_pairs, plan_pairs
+from loomray.reflow.generate import generate_pairs, plan_pairs
 from loomray.train.loop import train_local
 
 KINDS = ("independent", "minibatch-ot", "loom")
@@ -74,8 +74,9 @@ def run_reflow_study(
                 ckpt = save_checkpoint(home / "source.pt", source.state.payload(base))
                 model = source.state.ema.model
                 before = evaluate_model(model, base, METHODS, n, evaluator)
-                manifest = plan_pairs(load_checkpoint(ckpt), pairs, sampler, seed=seed)
-                generate_local(model, home / "pairs", manifest)
+                payload = load_checkpoint(ckpt)
+                manifest = plan_pairs(payload, pairs, sampler, seed=seed)
+                generate_pairs(payload, home / "pairs", manifest, 0)
                 extra = [f"train.steps={steps}", f"train.seed={seed}", "train.workers=1"]
                 reflowed = train_local(
                     reflow_config(base, ckpt, home / "pairs", preset, extra)

@@ -35,6 +35,7 @@ from loomray.pairs import (
     write_shard,
 )
 from loomray.sampling import parse_method, sample
+from loomray.shards import run_tasks
 
 DEFAULT_SAMPLER = "dopri5"
 DEFAULT_SHARD = 10_000
@@ -139,21 +140,6 @@ def _pairs_done(manifest: PairsManifest, missing: list[int]) -> int:
     return manifest.pairs - sum(hi - lo for lo, hi in map(manifest.shard_range, missing))
 
 
-def generate_local(
-    model: torch.nn.Module, folder: Path, manifest: PairsManifest, progress: Progress | None = None
-) -> Generated:
-    """Every missing shard, in this process (benchmarks, tests)."""
-    start, missing = time.perf_counter(), todo(folder, manifest)
-    left = list(missing)
-    for index in missing:
-        write_shard(folder, manifest, index, *make_shard(model, manifest, index))
-        left.remove(index)
-        if progress is not None:
-            progress(_pairs_done(manifest, left), manifest.pairs)
-    made = manifest.pairs - _pairs_done(manifest, missing)
-    return Generated(folder, manifest, len(missing), made, time.perf_counter() - start)
-
-
 def generate_pairs(
     payload: dict[str, Any],
     folder: Path,
@@ -163,29 +149,30 @@ def generate_pairs(
     threads: int = 1,
     progress: Progress | None = None,
 ) -> Generated:
-    """Every missing shard on ``workers`` Ray tasks at a time (Ray must be connected);
-    each finished shard is written as soon as it arrives."""
-    import ray
-
+    """Every missing shard: in this process (``workers=0``) or on that many Ray tasks at
+    a time (Ray must be connected); each is written as soon as it is made."""
     start, missing = time.perf_counter(), todo(folder, manifest)
-    if not missing:
-        return Generated(folder, manifest, 0, 0, 0.0)
     _, model = ema_model_of(payload)  # the weights load: checked before any task starts
-    weights = ray.put(model.state_dict())
-    config = config_of(payload).to_dict()
-    task = ray.remote(_shard_task).options(
-        num_cpus=0 if gpus else threads, num_gpus=1 if gpus else 0
-    )
-    queue, running, left = list(missing), [], list(missing)
-    spec = asdict(manifest)
-    while queue or running:
-        while queue and len(running) < workers:
-            running.append(task.remote(weights, config, spec, queue.pop(0), threads))
-        ready, running = ray.wait(running, num_returns=1)
-        index, seeds, images, nfe = ray.get(ready[0])
+    left = list(missing)
+
+    def done(index, seeds, images, nfe) -> None:
         write_shard(folder, manifest, index, seeds, images, nfe)
         left.remove(index)
         if progress is not None:
             progress(_pairs_done(manifest, left), manifest.pairs)
+
+    if workers == 0:
+        for index in missing:
+            done(index, *make_shard(model, manifest, index))
+    elif missing:
+        import ray
+
+        weights = ray.put(model.state_dict())
+        config = config_of(payload).to_dict()
+        task = ray.remote(_shard_task).options(
+            num_cpus=0 if gpus else threads, num_gpus=1 if gpus else 0
+        )
+        spec = asdict(manifest)
+        run_tasks(task, missing, workers, lambda i: (weights, config, spec, i, threads), done)
     made = manifest.pairs - _pairs_done(manifest, missing)
     return Generated(folder, manifest, len(missing), made, time.perf_counter() - start)
