@@ -80,6 +80,29 @@ def _worker_counts(text: str) -> list[int]:
     return counts
 
 
+def shard_progress(unit: str, total: int):
+    """A rich progress bar counting ``unit`` (pairs, images) with its rate, and the
+    ``progress(done, total)`` callback that advances it."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn(f"[bold]{unit}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        refresh_per_second=2,
+    )
+    task = bar.add_task(unit, total=total, rate="")
+
+    def update(done: int, total_: int) -> None:
+        speed = bar.tasks[0].speed
+        bar.update(task, completed=done, rate=f"{speed:.0f} {unit}/s" if speed else "")
+
+    return bar, update
+
+
 def scaling(runs, counts: list[int]) -> list[tuple[int, float, float]]:
     """(workers, median seconds, speed-up over the first count) of timed runs that have
     ``workers`` and ``seconds``."""
@@ -195,7 +218,10 @@ def sample_cmd(
 
     from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint
     from loomray.coupling import noise_from_seeds
+    from loomray.data import DatasetError
     from loomray.images import save_samples
+    from loomray.latents.autoencoder import AutoencoderError
+    from loomray.latents.decode import to_images
     from loomray.paths import file_to_write
     from loomray.sampling import parse_method, sample
 
@@ -214,7 +240,11 @@ def sample_cmd(
     )
     result = sample(model, z, method, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
     title = f"{cfg.name} {result.method} ({result.nfe} NFE)"
-    path = save_samples(result.x, out, title=title, scale=scale)
+    try:
+        images = to_images(cfg, result.x)  # a latent model's samples, decoded
+    except (AutoencoderError, DatasetError) as err:
+        fail(str(err))
+    path = save_samples(images, out, title=title, scale=scale)
     console.print(f"wrote {n} samples ({result.method}, {result.nfe} NFE) to {path}", markup=False)
 
 
@@ -934,4 +964,5 @@ def bench_quality_cmd(
     console.print(f"wrote {folder / 'quality.json'} and {plot}", markup=False)
 
 
-from loomray import cli_reflow  # noqa: E402,F401  (registers `pairs` and `reflow`)
+# the commands of other modules register themselves on `app` when imported
+from loomray import cli_latents, cli_reflow  # noqa: E402,F401

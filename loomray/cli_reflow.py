@@ -22,34 +22,13 @@ from loomray.cli import (
     fail,
     plural,
     scaling,
+    shard_progress,
 )
 
 SAMPLER_HELP = (
     "Sampler that makes the pairs: dopri5 (adaptive, what the paper's reflow needs: "
     "accurate endpoints) or euler-N, midpoint-N, heun-N, rk4-N."
 )
-
-
-def _pairs_progress(total: int):
-    """A rich progress bar with pairs/s, and the callback that advances it."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("[bold]pairs"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=console,
-        refresh_per_second=2,
-    )
-    task = bar.add_task("pairs", total=total, rate="")
-
-    def update(done: int, total_: int) -> None:
-        speed = bar.tasks[0].speed
-        bar.update(task, completed=done, rate=f"{speed:.0f} pairs/s" if speed else "")
-
-    return bar, update
 
 
 def _generate(payload, folder: Path, manifest, workers: int, gpus: bool, again: list[str]):
@@ -62,7 +41,7 @@ def _generate(payload, folder: Path, manifest, workers: int, gpus: bool, again: 
     if done == manifest.shards:
         console.print(f"pairs: all {manifest.pairs} are in {folder}", markup=False)
         return None
-    bar, update = _pairs_progress(manifest.pairs)
+    bar, update = shard_progress("pairs", manifest.pairs)
     try:
         with bar:
             return generate_pairs(payload, folder, manifest, workers, gpus, progress=update)

@@ -50,6 +50,13 @@ class DataConfig:
     """toy2d: how many points the target has."""
     loader_workers: int = 0
     """DataLoader processes per training worker that prepare batches (0: in the worker)."""
+    posterior: str = "sample"
+    """latents: train on a posterior sample per row and step (sample) or on its mean."""
+    autoencoder: str | None = None
+    """latents: the autoencoder that decodes samples (a diffusers folder, an LDM file or a
+    hub id); None: the one the latents folder (data.root) was encoded with."""
+    latent_scale: float | None = None
+    """latents: the factor latents are scaled by; None: the latents folder's (1 / std)."""
 
 
 @dataclass
@@ -451,6 +458,19 @@ def validate(cfg: Config) -> Config:
         f"coupling.kind=pairs (got data.name={d.name}, coupling.kind={c.kind})",
     )
     need(
+        d.posterior in ("sample", "mean"),
+        f"data.posterior must be sample or mean, got {d.posterior!r}",
+    )
+    need(
+        not (d.name == "latents" and d.flip),
+        "data.flip must be false for latents: loomray encode --flip stores the mirrored "
+        "images' latents as rows of their own",
+    )
+    need(
+        d.latent_scale is None or d.latent_scale > 0,
+        f"data.latent_scale must be positive, got {d.latent_scale}",
+    )
+    need(
         not (d.name == "pairs" and d.flip),
         "data.flip must be false for pairs: a mirrored image would need mirrored noise",
     )
@@ -527,6 +547,13 @@ def _applies() -> dict[str, tuple[Any, Any]]:
         **{f"model.{k}": mlp for k in ("hidden", "layers")},
         **{f"data.{k}": toy for k in ("toy", "toy_points")},
         **{f"data.{k}": image for k in ("resolution", "channels", "flip")},
+        **{
+            f"data.{k}": (
+                lambda c: c.data.name == "latents",
+                lambda c: f"it is for latents and data.name is {c.data.name}",
+            )
+            for k in ("posterior", "autoencoder", "latent_scale")
+        },
         "data.root": (
             lambda c: c.data.name not in ("toy2d", "digits", "synthetic"),
             lambda c: f"{c.data.name} is built in and reads no files",

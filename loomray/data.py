@@ -61,6 +61,11 @@ class RowDataset(Dataset):
             x[mask] = torch.flip(x[mask], dims=[-1])
         return x
 
+    def batch_at(self, rows: np.ndarray, step: int) -> torch.Tensor:
+        """The samples training uses at ``step`` (the same as ``batch`` unless the data
+        draws per step, like latents' posterior samples)."""
+        return self.batch(rows)
+
     def __getitem__(self, row: int) -> tuple[int, torch.Tensor]:
         return row, self.batch(np.array([row]))[0]
 
@@ -224,15 +229,12 @@ def build_dataset(cfg: Config) -> RowDataset:
         rng = np.random.default_rng(cfg.train.seed)
         shape = (n, d.channels, d.resolution, d.resolution)
         return ArrayDataset(rng.integers(0, 256, size=shape, dtype=np.uint8), d.flip)
-    if d.name == "latents":
-        raise DatasetError(
-            "the ffhq256 preset trains on SD-VAE latents, and the latent pipeline "
-            "(encoding FFHQ with the VAE) is not built yet"
-        )
     if root is None:
         raise DatasetError(f"data.root is required for the {d.name} dataset")
     if d.name == "pairs":
         return _pairs(root, d.channels, d.resolution, d.limit)
+    if d.name == "latents":
+        return _latents(root, cfg)
     if d.name == "cifar10":
         if (d.resolution, d.channels) != (32, 3):
             raise DatasetError("CIFAR-10 is 3x32x32: set data.resolution=32 data.channels=3")
@@ -268,6 +270,25 @@ def _pairs(root: Path, channels: int, resolution: int, limit: int | None) -> Row
         pairs.data, pairs.seeds = pairs.data[:limit], pairs.seeds[:limit]
         pairs.n_items = len(pairs.data)
     return pairs
+
+
+def _latents(root: Path, cfg: Config) -> RowDataset:
+    from loomray.latents.store import LatentDataset
+
+    if not root.is_dir():
+        raise DatasetError(
+            f"latents not found: {root} is not a folder; make it with loomray encode"
+        )
+    latents = LatentDataset(root, cfg.data.posterior, cfg.train.seed)
+    d = cfg.data
+    if latents.shape != (d.channels, d.resolution, d.resolution):
+        raise DatasetError(
+            f"latents folder {root} holds latents of shape {latents.shape}, the config wants "
+            f"{(d.channels, d.resolution, d.resolution)} (data.channels, data.resolution)"
+        )
+    if d.limit is not None:
+        raise DatasetError("data.limit is not for latents: encode fewer images instead")
+    return latents
 
 
 class BatchPlan:
@@ -306,7 +327,7 @@ class _StepBatches(Dataset):
     def __getitem__(self, k: int):
         step = self.start + k
         rows = self.plan.local_rows(step, self.rank, self.world)
-        return step, torch.from_numpy(rows.copy()), self.dataset.batch(rows)
+        return step, torch.from_numpy(rows.copy()), self.dataset.batch_at(rows, step)
 
 
 def iterate_batches(
@@ -324,7 +345,7 @@ def iterate_batches(
     if isinstance(dataset, ArrayDataset) or workers == 0:
         for step in range(start, stop):
             rows = plan.local_rows(step, rank, world)
-            x = dataset.batch(rows)
+            x = dataset.batch_at(rows, step)
             yield step, rows, x.pin_memory() if pin else x
         return
     loader = DataLoader(

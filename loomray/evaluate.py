@@ -297,6 +297,8 @@ def reference_images(cfg: Config, split: str, draw=None) -> torch.Tensor:
 def real_data_config(cfg: Config) -> Config:
     """``cfg`` with the data its samples are compared with: for reflow pairs, the data
     the pairs' source model was trained on (its FID reference), not the pairs."""
+    if cfg.data.name == "latents":
+        return _images_of_latents(cfg)
     if cfg.data.name != "pairs":
         return cfg
     from dataclasses import replace as dc_replace
@@ -309,6 +311,23 @@ def real_data_config(cfg: Config) -> Config:
     except (PairsError, ConfigError) as err:
         raise EvaluationError(f"the real data of pairs {cfg.data.root} is unknown: {err}") from err
     return dc_replace(cfg, data=source.data)
+
+
+def _images_of_latents(cfg: Config) -> Config:
+    """``cfg`` with the image data set its latents folder (``data.root``) encodes."""
+    from dataclasses import replace as dc_replace
+
+    from loomray.config import ConfigError, DataConfig
+    from loomray.latents.store import read_manifest
+    from loomray.shards import ShardsError
+
+    try:
+        images = DataConfig(**read_manifest(cfg.data.root or "").images)
+    except (ShardsError, ConfigError, TypeError) as err:
+        raise EvaluationError(
+            f"the real images of a latent model are those its latents folder encodes: {err}"
+        ) from err
+    return dc_replace(cfg, data=dc_replace(images, flip=False))
 
 
 def make_evaluator(
@@ -467,6 +486,9 @@ def sample_shares(
     bf16 = device.type == "cuda" and cfg.train.bf16
     parts = {m: MethodShare(None, 0, 0.0, 0.0) for m in methods}
     ranges = eval_batches(n, cfg.eval.batch, rank, world)
+    from loomray.latents.decode import output_decoder
+
+    decode = output_decoder(cfg, device)  # a latent model's samples become images
     total, done = sum(hi - lo for lo, hi in ranges), 0
     for lo, hi in ranges:
         seeds = np.arange(lo, hi) + EVAL_SEED_OFFSET
@@ -476,7 +498,8 @@ def sample_shares(
             with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                 result = sample(model, z, method, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
             part = parts[method]
-            share = evaluator.share(result.x.float(), lo)
+            images = result.x.float() if decode is None else decode(result.x)
+            share = evaluator.share(images.float(), lo)
             part.share = share if part.share is None else evaluator.merge(part.share, share)
             part.count += hi - lo
             part.nfe_total += result.nfe * (hi - lo)

@@ -153,22 +153,40 @@ def import_official(path: str | Path, preset: str, run_dir: str | Path) -> dict[
     try:
         backbone, ae, step = read_official(path)
         weights = convert_state_dict(backbone, build_model(cfg))
+        vae, scale = convert_autoencoder(ae) if ae else (None, None)
     except ReleaseError as err:
         raise ReleaseError(f"{path} cannot be imported as {preset}: {err}") from err
     state = build_state(cfg, torch.device("cpu"))
     state.model.load_state_dict(weights)
     state.ema.model.load_state_dict(weights)
     state.step = step
-    payload = state.payload(cfg)
-    if ae:
-        payload["autoencoder"] = ae  # ffhq256: kept for the latent pipeline
+    if vae is not None:  # ffhq256: the latent autoencoder, in diffusers' layout beside the run
+        folder = (run_dir / "autoencoder").resolve()
+        cfg = replace(cfg, data=replace(cfg.data, autoencoder=str(folder), latent_scale=scale))
     run_dir.mkdir(parents=True, exist_ok=True)
+    if vae is not None:
+        vae.save_pretrained(str(run_dir / "autoencoder"))
+    payload = state.payload(cfg)
     ckpt = save_checkpoint(
         run_dir / "train" / checkpoint_dir_name(step) / CHECKPOINT_FILE,
         {**payload, "imported_from": str(path)},
     )
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     return {"checkpoint": ckpt, "step": step, "keys": len(weights), "autoencoder": len(ae)}
+
+
+def convert_autoencoder(ae: dict[str, torch.Tensor]):
+    """The authors' ``ae.*`` weights (LDM layout, with ``scale``: the std their latents
+    were divided by) as (a diffusers ``AutoencoderKL``, loomray's latent scale 1 / std)."""
+    from loomray.latents.autoencoder import AutoencoderError, from_ldm
+
+    scale = ae.get("scale")
+    if scale is None or scale.numel() != 1 or not float(scale) > 0:
+        raise ReleaseError("its ae.* autoencoder has no positive ae.scale")
+    try:
+        return from_ldm(ae), 1.0 / float(scale)
+    except AutoencoderError as err:
+        raise ReleaseError(f"its ae.* autoencoder cannot be converted: {err}") from err
 
 
 def check_run_dir(run_dir: Path) -> None:

@@ -47,31 +47,6 @@ def test_energy_distance():
     assert 0 < shifts[0] < shifts[1] < shifts[2]
 
 
-@pytest.fixture(scope="module")
-def random_inception_weights(tmp_path_factory):
-    """Inception-v3 of the right architecture with random weights: the real FID code
-    path runs without the download."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    empty = tmp_path_factory.mktemp("weights") / "empty.pth"
-    torch.save({}, empty)
-    original = FeatureExtractorInceptionV3.load_state_dict
-    FeatureExtractorInceptionV3.load_state_dict = lambda self, state: None
-    try:
-        torch.manual_seed(0)
-        model = FeatureExtractorInceptionV3(
-            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty)
-        )
-    finally:
-        FeatureExtractorInceptionV3.load_state_dict = original
-    for module in model.modules():  # keep activations alive through 20 random layers
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    path = tmp_path_factory.mktemp("weights") / "inception-random.pth"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 def fake_cifar(root, n=24):
     import pickle
 

@@ -33,6 +33,7 @@ from loomray.config import (
 )
 from loomray.coupling.service import CouplingService, ServiceSpec
 from loomray.data import build_dataset
+from loomray.latents.autoencoder import AutoencoderError
 from loomray.paths import PathError, folder_to_write
 
 NAMESPACE = "loomray"
@@ -397,7 +398,11 @@ def launch(
     prepare_run_dir(cfg, run_dir, resume, write=False)  # and on a wrong run dir
     try:
         init_weights(cfg)  # and on weights to start from that do not fit
-    except CheckpointError as err:
+        if cfg.data.name == "latents":  # and on an autoencoder that cannot decode samples
+            from loomray.latents.decode import output_decoder
+
+            output_decoder(cfg)
+    except (CheckpointError, AutoencoderError) as err:
         raise LaunchError(str(err)) from err
     url = connect(address, quiet=quiet, dashboard_host=dashboard_host)
     if url and on_dashboard is not None:

@@ -26,6 +26,7 @@ from loomray.coupling import AssignmentTable, noise_from_seeds
 from loomray.coupling.client import ServiceNoise, call_service
 from loomray.data import BatchPlan, build_dataset
 from loomray.images import save_samples
+from loomray.latents.decode import to_images
 from loomray.sampling import sample
 from loomray.train.evaluation import TrainingEvaluation
 from loomray.train.loop import StepLog, TrainState, build_state, mean_loss, train_steps
@@ -59,7 +60,7 @@ def write_samples(cfg: Config, model: torch.nn.Module, device, folder: Path, ste
         result = sample(model, z.to(device), method, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
         paths.append(
             save_samples(
-                result.x,
+                to_images(cfg, result.x, device),
                 folder / f"step{step:07d}-{method}.png",
                 title=f"{cfg.name} step {step}: {method} ({result.nfe} NFE)",
             )

@@ -1,0 +1,136 @@
+"""`loomray encode`: images to latent shards, for latent-space training."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import typer
+
+from loomray.cli import app, console, fail, plural, shard_progress
+
+SD_SCALE = 0.18215  # Stable Diffusion's latent factor for its KL-f8 autoencoder
+
+
+def _images_config(data: str, images: str, resolution: int, channels: int, flip: bool, limit):
+    from loomray.config import ConfigError, config_from_dict
+
+    raw = {"name": data, "root": str(Path(images).expanduser().resolve()), "flip": flip}
+    raw |= {"resolution": resolution, "channels": channels, "limit": limit}
+    try:
+        return config_from_dict({"name": f"{data}-images", "data": raw})
+    except ConfigError as err:
+        fail(str(err))
+
+
+def one_size(root: Path) -> None:
+    """Refuse an image folder whose images are not all of one size (read from the
+    headers): loomray would crop and resize them silently."""
+    from PIL import Image
+
+    from loomray.data import IMAGE_SUFFIXES, DatasetError
+
+    first = None
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            with Image.open(path) as img:
+                size = img.size
+        except OSError as err:
+            raise DatasetError(f"image {path} cannot be read: {err}") from err
+        if first is None:
+            first = (path, size)
+        elif size != first[1]:
+            raise DatasetError(
+                f"image folder {root} holds images of different sizes ({first[0].name} is "
+                f"{first[1][0]}x{first[1][1]}, {path.name} {size[0]}x{size[1]}); bring them "
+                "to one size first"
+            )
+
+
+@app.command("encode")
+def encode_cmd(
+    images: str = typer.Option(..., help="The image data: a folder (or data.root of --data)."),
+    out: str = typer.Option(..., help="Latents folder (made, or resumed when it holds these)."),
+    autoencoder: str = typer.Option(
+        ...,
+        help="diffusers AutoencoderKL: a save_pretrained folder, an LDM .ckpt/.safetensors "
+        "file (e.g. vae-ft-mse-840000-ema-pruned.ckpt), or a hub id (needs internet).",
+    ),
+    data: str = typer.Option("folder", help="Image dataset kind: folder, cifar10, imagenet64..."),
+    resolution: int = typer.Option(256, help="Image side in pixels."),
+    channels: int = typer.Option(3, help="Image channels."),
+    flip: bool = typer.Option(True, "--flip/--no-flip", help="Also encode mirrored images."),
+    limit: int = typer.Option(None, help="Encode only the first N images."),
+    batch: int = typer.Option(32, help="Images per autoencoder call."),
+    shard_size: int = typer.Option(None, help="Rows per shard (default ~2048, whole batches)."),
+    workers: int = typer.Option(1, help="Ray workers that share the shards (0: in this process)."),
+    gpus: bool = typer.Option(False, "--gpus/--cpu", help="One GPU per worker."),
+    address: str = typer.Option(None, help="Ray cluster to join (default: a local Ray)."),
+) -> None:
+    """Encode an image data set into latent shards (posterior mean and std, resumable)."""
+    from loomray.data import DatasetError
+    from loomray.latents.autoencoder import AutoencoderError, load_autoencoder
+    from loomray.latents.encode import encode_latents, plan_latents
+    from loomray.latents.store import latents_folder
+    from loomray.shards import ShardsError
+    from loomray.train.launch import LaunchError, connect
+
+    if workers < 0:
+        fail(f"--workers must be at least 0, got {workers}")
+    cfg = _images_config(data, images, resolution, channels, flip, limit)
+    folder = Path(out).expanduser()
+    try:
+        if data == "folder" and Path(images).expanduser().is_dir():
+            one_size(Path(images).expanduser())
+        vae = load_autoencoder(autoencoder)
+        local = Path(autoencoder).expanduser()
+        spec = str(local.resolve()) if local.exists() else autoencoder  # else a hub id
+        manifest = plan_latents(cfg, spec, vae, batch, shard_size)
+        shards = latents_folder(folder, manifest)
+        shards.check()
+        if workers:
+            connect(address, quiet=True)
+    except (AutoencoderError, DatasetError, ShardsError, LaunchError) as err:
+        fail(str(err))
+    done = shards.finished(manifest.shards) if folder.is_dir() else set()
+    if len(done) < manifest.shards:
+        bar, update = shard_progress("rows", manifest.rows)
+        try:
+            with bar:
+                made = encode_latents(vae, cfg, folder, manifest, workers, gpus, progress=update)
+        except KeyboardInterrupt:
+            again = ["loomray", "encode", "--images", images, "--out", out]
+            console.print(
+                f"interrupted; finished shards are kept in {folder}. Continue with:\n  "
+                + shlex.join([*again, "--autoencoder", autoencoder, "..."]),
+                markup=False,
+            )
+            raise typer.Exit(code=130) from None
+        console.print(
+            f"encoded {made.rows_made} rows in {made.seconds:.1f} s on "
+            f"{plural(max(workers, 1), 'worker')} ({made.rows_per_s:.1f} rows/s)",
+            markup=False,
+        )
+    _report_scale(folder, manifest)
+
+
+def _report_scale(folder: Path, manifest) -> None:
+    import numpy as np
+
+    from loomray.latents.store import latents_folder, read_latents
+
+    _, mean, std, scale = read_latents(folder)
+    first = latents_folder(folder, manifest).read(0)
+    rng = np.random.default_rng(0)
+    b = min(manifest.batch, len(first["mean"]))
+    m, s = first["mean"][:b].astype(np.float64), first["std"][:b].astype(np.float64)
+    first_std = float((m + s * rng.standard_normal(m.shape)).std())
+    console.print(
+        f"{manifest.rows} rows ({manifest.items} images"
+        f"{', and mirrored' if manifest.rows > manifest.items else ''}) of latents "
+        f"{'x'.join(map(str, manifest.latent_shape))} in {folder}\n"
+        f"latent scale 1/std = {scale:.5f} (std {1 / scale:.4f} over the data set; Stable "
+        f"Diffusion uses {SD_SCALE}, std {1 / SD_SCALE:.4f}; the first batch of {b} alone "
+        f"gives std {first_std:.4f}, the authors' estimate)",
+        markup=False,
+    )
