@@ -31,8 +31,8 @@ DATASETS = {
     "pairs": "Reflow pairs made by `loomray pairs` (a folder under `data.root`): each "
     "generated image is trained against the noise it came from (`coupling.kind=pairs`); "
     "FID compares with the source model's data (docs/reflow.md).",
-    "latents": "Stable Diffusion VAE latents, for the ffhq256 preset. The latent pipeline "
-    "is not built yet: this stops with one sentence.",
+    "latents": "Autoencoder latents made by `loomray encode` (a folder under `data.root`): "
+    "the ffhq256 preset's SD-VAE latents; samples decode to images (docs/latents.md).",
 }
 
 

@@ -225,3 +225,13 @@ def test_encode_bad_input_is_one_sentence(files, tmp_path):
         assert result.exit_code == 2, result.output
         assert message in " ".join(result.output.split()), result.output
     assert json.loads((files / "latents" / "latents.json").read_text()) == before
+
+
+def test_bench_latents_times_both_ways():
+    args = ["bench", "latents", "--config", "ffhq256", "model.kind=mlp", "model.hidden=32"]
+    args += ["--resolution", "16", "--images", "16", "--batch", "8", "--steps", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "pre-encoded" in text and "encode every batch" in text
+    assert re.search(r"pre-encoded / encode every batch: \d+\.\d\dx", text), text
