@@ -235,3 +235,18 @@ def test_bench_latents_times_both_ways():
     text = " ".join(result.output.split())
     assert "pre-encoded" in text and "encode every batch" in text
     assert re.search(r"pre-encoded / encode every batch: \d+\.\d\dx", text), text
+
+
+def test_a_single_ldm_file_loads_as_the_same_autoencoder(tiny_vae, tmp_path):
+    from safetensors.torch import save_file
+
+    vae = tiny_vae(3)
+    state = {f"first_stage_model.{k}": v.contiguous() for k, v in _ldm_layout(vae).items()}
+    save_file(state, tmp_path / "vae.safetensors")
+    torch.save({"state_dict": state}, tmp_path / "vae.ckpt")
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        want = vae.encode(x).latent_dist.mean
+        for name in ("vae.safetensors", "vae.ckpt"):
+            got = load_autoencoder(str(tmp_path / name)).encode(x).latent_dist.mean
+            assert torch.allclose(got, want, atol=1e-6), name
