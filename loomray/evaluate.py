@@ -296,7 +296,8 @@ def reference_images(cfg: Config, split: str, draw=None) -> torch.Tensor:
 
 def real_data_config(cfg: Config) -> Config:
     """``cfg`` with the data its samples are compared with: for reflow pairs, the data
-    the pairs' source model was trained on (its FID reference), not the pairs."""
+    the pairs' source model was trained on (its FID reference), not the pairs; for
+    latents, the images they encode."""
     if cfg.data.name == "latents":
         return _images_of_latents(cfg)
     if cfg.data.name != "pairs":
@@ -310,7 +311,8 @@ def real_data_config(cfg: Config) -> Config:
         source = config_from_dict(read_manifest(cfg.data.root).source_config)
     except (PairsError, ConfigError) as err:
         raise EvaluationError(f"the real data of pairs {cfg.data.root} is unknown: {err}") from err
-    return dc_replace(cfg, data=source.data)
+    # a second round of reflow: the pairs' source trained on pairs too
+    return real_data_config(dc_replace(cfg, data=source.data))
 
 
 def _images_of_latents(cfg: Config) -> Config:

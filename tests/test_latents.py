@@ -202,6 +202,12 @@ def test_sample_decodes_latents_to_images(files, tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(out) as grid:
         assert grid.mode == "RGB" and grid.width >= 2 * SIDE  # decoded 16x16 images, not latents
+    from loomray.checkpoint import load_checkpoint
+    from loomray.pairs import PairsError
+    from loomray.reflow.generate import plan_pairs
+
+    with pytest.raises(PairsError, match="a latent model makes latents"):
+        plan_pairs(load_checkpoint(tmp_path / "m.pt"), 10)
 
 
 def test_encode_bad_input_is_one_sentence(files, tmp_path):

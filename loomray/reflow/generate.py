@@ -54,6 +54,8 @@ def plan_pairs(
     cfg, _ = ema_model_of(payload)  # a checkpoint without usable EMA weights fails here
     if cfg.data.name == "toy2d":
         raise PairsError("reflow pairs are images; a toy2d model makes 2-D points")
+    if cfg.data.name == "latents":
+        raise PairsError("reflow pairs are uint8 images; a latent model makes latents")
     try:
         method = parse_method(sampler).name
     except ValueError as err:
