@@ -56,7 +56,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ) from err
     if not isinstance(ckpt, dict) or "format" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path} is not a loomray checkpoint")
-    ckpt["path"] = str(path)
+    ckpt["path"] = str(path.resolve())  # Ray tasks and workers run in other folders
     return ckpt
 
 

@@ -80,6 +80,14 @@ def _worker_counts(text: str) -> list[int]:
     return counts
 
 
+def gpus_or_fail(gpus: bool) -> None:
+    """With ``--gpus``, a connected Ray cluster must have a GPU (tasks would wait forever)."""
+    import ray
+
+    if gpus and ray.cluster_resources().get("GPU", 0) < 1:
+        fail("--gpus asks for GPU workers but the Ray cluster has no GPU; drop --gpus")
+
+
 def shard_progress(unit: str, total: int):
     """A rich progress bar counting ``unit`` (pairs, images) with its rate, and the
     ``progress(done, total)`` callback that advances it."""
@@ -261,15 +269,28 @@ def _resolve_train_config(config, overrides, workers, gpus):
 
 
 def absolute_paths(cfg):
-    """Paths the workers read (pairs, weights to start from) made absolute: workers run
-    in other folders than the command."""
+    """Paths the workers read (pairs, latents, their autoencoder, weights to start from)
+    made absolute, since workers run in other folders than the command; ``train.init``
+    names one checkpoint file, so that every rank (and a restart) starts from the same."""
     from dataclasses import replace
+
+    from loomray.checkpoint import CheckpointError, resolve_checkpoint
 
     def absolute(path: str | None) -> str | None:
         return str(Path(path).expanduser().resolve()) if path else path
 
-    data = replace(cfg.data, root=absolute(cfg.data.root)) if cfg.data.name == "pairs" else cfg.data
-    return replace(cfg, data=data, train=replace(cfg.train, init=absolute(cfg.train.init)))
+    data = cfg.data
+    if data.name in ("pairs", "latents"):
+        data = replace(data, root=absolute(data.root))
+    if data.autoencoder and Path(data.autoencoder).expanduser().exists():  # else a hub id
+        data = replace(data, autoencoder=absolute(data.autoencoder))
+    init = absolute(cfg.train.init)
+    if init and Path(init).is_dir():
+        try:
+            init = str(resolve_checkpoint(Path(init)))
+        except CheckpointError as err:
+            fail(f"train.init: {err}")
+    return replace(cfg, data=data, train=replace(cfg.train, init=init))
 
 
 @app.command("train")

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from loomray.cli import app, bench_app, console, fail, plural, shard_progress
+from loomray.cli import app, bench_app, console, fail, gpus_or_fail, plural, shard_progress
 
 SD_SCALE = 0.18215  # Stable Diffusion's latent factor for its KL-f8 autoencoder
 
@@ -93,6 +93,8 @@ def encode_cmd(
             connect(address, quiet=True)
     except (AutoencoderError, DatasetError, ShardsError, LaunchError) as err:
         fail(str(err))
+    if workers:
+        gpus_or_fail(gpus)
     done = shards.finished(manifest.shards) if folder.is_dir() else set()
     if len(done) < manifest.shards:
         bar, update = shard_progress("rows", manifest.rows)
@@ -101,9 +103,15 @@ def encode_cmd(
                 made = encode_latents(vae, cfg, folder, manifest, workers, gpus, progress=update)
         except KeyboardInterrupt:
             again = ["loomray", "encode", "--images", images, "--out", out]
+            again += ["--autoencoder", autoencoder, "--data", data]
+            again += ["--resolution", str(resolution), "--channels", str(channels)]
+            again += ["--flip" if flip else "--no-flip", "--batch", str(manifest.batch)]
+            again += ["--shard-size", str(manifest.shard_size), "--workers", str(workers)]
+            again += [*(["--limit", str(limit)] if limit else []), *(["--gpus"] if gpus else [])]
+            again += [*(["--address", address] if address else [])]
             console.print(
                 f"interrupted; finished shards are kept in {folder}. Continue with:\n  "
-                + shlex.join([*again, "--autoencoder", autoencoder, "..."]),
+                + shlex.join(again),
                 markup=False,
             )
             raise typer.Exit(code=130) from None

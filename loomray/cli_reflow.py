@@ -20,6 +20,7 @@ from loomray.cli import (
     bench_app,
     console,
     fail,
+    gpus_or_fail,
     plural,
     scaling,
     shard_progress,
@@ -97,8 +98,12 @@ def pairs_cmd(
         connect(address, quiet=True)
     except (PairsError, LaunchError) as err:
         fail(str(err))
+    gpus_or_fail(gpus)
     again = ["loomray", "pairs", "--ckpt", ckpt, "--out", out, "--n", str(manifest.pairs)]
-    again += ["--sampler", manifest.sampler, "--workers", str(workers)]
+    again += ["--sampler", manifest.sampler, "--batch", str(manifest.batch)]
+    again += ["--shard-size", str(manifest.shard_size), "--seed", str(manifest.seed)]
+    again += ["--workers", str(workers), *(["--gpus"] if gpus else [])]
+    again += [*(["--address", address] if address else [])]
     made = _generate(payload, folder, manifest, workers, gpus, again)
     if made is not None:
         console.print(
@@ -181,9 +186,9 @@ def _reflow_stages(payload, cfg, manifest, run, folder, address, verbose, host, 
         prepare_run_dir(cfg, run, resume=False, write=True)
         workers, gpus = cfg.train.workers, cfg.train.gpus_per_worker > 0
         _generate(payload, folder, manifest, workers, gpus, again)
-        before = _source_scores(payload, cfg, run, workers, gpus)
         if (latest_step(run) or 0) < cfg.train.steps:
             launch(cfg, run, address, quiet=not verbose, dashboard_host=host)
+        _before_after(payload, cfg, run, workers, gpus)
     except (LaunchError, DatasetError, PairsError, ValueError) as err:
         fail(str(err))
     except Interrupted as stop:
@@ -191,43 +196,46 @@ def _reflow_stages(payload, cfg, manifest, run, folder, address, verbose, host, 
     except KeyboardInterrupt:
         console.print(f"interrupted; continue with:\n  {shlex.join(again)}", markup=False)
         raise typer.Exit(code=130) from None
-    _print_before_after(cfg, run, before)
 
 
-def _source_scores(payload, cfg, run: Path, workers: int, gpus: bool) -> dict:
-    """The source model's scores with the reflow's samplers (computed once, kept in
-    ``<run>/eval/source-step<N>.json``)."""
-    from loomray.evaluate import make_evaluator, write_results
-    from loomray.evaluate_workers import evaluate_with_workers
-    from loomray.reflow.chain import read_scores, source_scores_path
-
-    path = source_scores_path(run, int(payload["step"]))
-    scores = read_scores(path)
-    if scores is not None:
-        return scores
+def _scores(checkpoint: str, cfg, path: Path, workers: int, gpus: bool) -> dict:
+    """A checkpoint's scores with ``cfg``'s samplers, computed once and kept in ``path``."""
     import torch
 
+    from loomray.evaluate import make_evaluator, write_results
+    from loomray.evaluate_workers import evaluate_with_workers
+    from loomray.reflow.chain import read_scores
+
+    scores = read_scores(path, cfg)
+    if scores is not None:
+        return scores
     evaluator = make_evaluator(cfg, "train", None, "cuda" if torch.cuda.is_available() else "cpu")
     if evaluator.metric == "fid":
         evaluator.reference_sums()
     methods = list(cfg.eval.methods)
-    with console.status(f"scoring the source model ({', '.join(methods)})..."):
-        rows = evaluate_with_workers(
-            payload["path"], methods, cfg.eval.n, evaluator, workers, gpus
-        )
+    with console.status(f"scoring {checkpoint} ({', '.join(methods)})..."):
+        rows = evaluate_with_workers(checkpoint, methods, cfg.eval.n, evaluator, workers, gpus)
     write_results(rows, path.parent, path.stem)
     return read_scores(path) or {}
 
 
-def _print_before_after(cfg, run: Path, before: dict) -> None:
+def _before_after(payload, cfg, run: Path, workers: int, gpus: bool) -> None:
+    """The table of scores before and after; the reflowed model's are its run's final
+    evaluation when that used these settings, else they are computed here."""
     import json
 
-    from loomray.reflow.chain import before_after, read_scores, trained_scores_path
+    from loomray.checkpoint import resolve_checkpoint
+    from loomray.reflow.chain import before_after, read_scores, scores_path, trained_scores_path
 
-    after = read_scores(trained_scores_path(run, cfg.train.steps)) or {}
+    before = _scores(
+        payload["path"], cfg, scores_path(run, "source", payload["step"], cfg), workers, gpus
+    )
+    after = read_scores(trained_scores_path(run, cfg.train.steps), cfg)
+    if after is None:
+        final = str(resolve_checkpoint(run / "train"))
+        path = scores_path(run, "reflowed", cfg.train.steps, cfg)
+        after = _scores(final, cfg, path, workers, gpus)
     rows = before_after(before, after)
-    if not rows:
-        fail(f"the reflowed model of {run} has no final scores; rerun to evaluate it")
     table = Table(title=f"reflow {run}: {cfg.eval.n} samples per sampler")
     for col in ("sampler", "NFE", f"{rows[0]['metric']} before", "after"):
         table.add_column(col, justify="right")

@@ -279,7 +279,7 @@ def _latents(root: Path, cfg: Config) -> RowDataset:
         raise DatasetError(
             f"latents not found: {root} is not a folder; make it with loomray encode"
         )
-    latents = LatentDataset(root, cfg.data.posterior, cfg.train.seed)
+    latents = LatentDataset(root, cfg.data.posterior, cfg.train.seed, cfg.data.latent_scale)
     d = cfg.data
     if latents.shape != (d.channels, d.resolution, d.resolution):
         raise DatasetError(

@@ -41,7 +41,9 @@ class Manifest:
 
     @property
     def digest(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True, default=list)
+        """A hash of what the shards depend on (not of the ``IGNORED`` fields)."""
+        fields = {k: v for k, v in asdict(self).items() if k not in self.IGNORED}
+        text = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_json(self) -> str:

@@ -97,6 +97,8 @@ def test_posterior_draws_are_a_function_of_seed_step_and_row(files):
     assert not torch.equal(x, LatentDataset(files / "latents", "sample", 4).batch_at(rows, 7))
     mean = LatentDataset(files / "latents", "mean")
     assert torch.equal(mean.batch_at(rows, 7), mean.batch(rows))
+    fixed = LatentDataset(files / "latents", "mean", scale=0.18215)  # data.latent_scale
+    assert torch.allclose(fixed.batch(rows), mean.batch(rows) / mean.scale * 0.18215)
     seeds = posterior_seeds(0, np.arange(1000)[:, None], np.arange(1000)[None, :])
     assert len(np.unique(seeds)) == seeds.size and seeds.min() >= 0
     # the scaled data set has unit variance in expectation
@@ -219,6 +221,8 @@ def test_encode_bad_input_is_one_sentence(files, tmp_path):
         (["--autoencoder", str(files / "images")], "has no config.json"),
         (["--autoencoder", str(files / "other-vae")], "other latents (autoencoder_fingerprint"),
         (["--resolution", "32"], "holds other latents"),
+        (["--batch", "0"], "--batch must be at least 1, got 0"),
+        (["--channels", "1"], "cannot encode 1x16x16 images"),
         (["--images", str(tmp_path / "mixed")], "holds images of different sizes"),
     ]
     before = json.loads((files / "latents" / "latents.json").read_text())

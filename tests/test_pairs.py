@@ -154,3 +154,17 @@ def test_pairs_dataset_through_the_config(tmp_path):
         load_config("digits", ["coupling.kind=pairs"])
     with pytest.raises(ConfigError, match="data.flip must be false for pairs"):
         load_config("digits-reflow", ["data.flip=true"])
+
+
+def test_the_same_weights_elsewhere_make_the_same_pairs(tmp_path):
+    import shutil
+
+    payload, _ = _source(tmp_path)
+    manifest = plan_pairs(payload, 100, "euler-2", batch=50)
+    generate_pairs(payload, tmp_path / "pairs", manifest, 0)
+    shutil.copytree(tmp_path / "src0", tmp_path / "copied")
+    copied = load_checkpoint(tmp_path / "copied")
+    moved = plan_pairs(copied, 100, "euler-2", batch=50)
+    assert moved.source != manifest.source and moved.digest == manifest.digest
+    assert generate_pairs(copied, tmp_path / "pairs", moved, 0).made == 0
+    assert len(PairsDataset(tmp_path / "pairs")) == 100

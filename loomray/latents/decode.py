@@ -37,7 +37,7 @@ class LatentDecoder:
 def autoencoder_of(cfg: Config) -> tuple[str, float]:
     """(autoencoder spec, latent scale) of a latent config; ValueError when unknown."""
     from loomray.data import DatasetError
-    from loomray.latents.store import read_latents
+    from loomray.latents.store import latents_info
 
     d = cfg.data
     if d.autoencoder and d.latent_scale:
@@ -47,7 +47,7 @@ def autoencoder_of(cfg: Config) -> tuple[str, float]:
             "a latent model needs its autoencoder to make images: set data.autoencoder and "
             "data.latent_scale, or data.root to the latents folder it was trained on"
         )
-    manifest, _, _, scale = read_latents(d.root)
+    manifest, scale = latents_info(d.root)
     return d.autoencoder or manifest.autoencoder, d.latent_scale or scale
 
 

@@ -35,18 +35,26 @@ def plan_latents(
     images: Config, autoencoder: str, vae, batch: int = 32, shard_size: int | None = None
 ) -> LatentsManifest:
     """The manifest of the latents of ``images``'s data set under ``vae``."""
+    from loomray.latents.autoencoder import AutoencoderError
     from loomray.shards import ShardsError
 
+    for name, value in (("--batch", batch), ("--shard-size", shard_size)):
+        if value is not None and value < 1:
+            raise ShardsError(f"{name} must be at least 1, got {value}")
+    shard_size = shard_size or batch * max(1, DEFAULT_SHARD // batch)
+    if shard_size % batch:
+        raise ShardsError(f"--shard-size {shard_size} must be a multiple of --batch {batch}")
     dataset = build_dataset(images)
     d = images.data
-    with torch.no_grad():
-        probe = torch.zeros(1, d.channels, d.resolution, d.resolution)
-        shape = tuple(vae.encode(probe).latent_dist.mean.shape[1:])
-    shard_size = shard_size or batch * max(1, DEFAULT_SHARD // batch)
-    if batch < 1 or shard_size % batch:
-        raise ShardsError(
-            f"--shard-size {shard_size} must be a multiple of --batch {batch} (at least 1)"
-        )
+    try:
+        with torch.no_grad():
+            probe = torch.zeros(1, d.channels, d.resolution, d.resolution)
+            shape = tuple(vae.encode(probe).latent_dist.mean.shape[1:])
+    except RuntimeError as err:
+        raise AutoencoderError(
+            f"the autoencoder cannot encode {d.channels}x{d.resolution}x{d.resolution} images "
+            f"(it takes {vae.config.in_channels} channels): {str(err).splitlines()[0]}"
+        ) from err
     return LatentsManifest(
         autoencoder=autoencoder,
         autoencoder_fingerprint=weights_fingerprint(vae.state_dict()),

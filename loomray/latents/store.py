@@ -105,8 +105,9 @@ def posterior_seeds(seed: int, step: int, rows: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(1)).astype(np.int64)
 
 
-def read_latents(folder: str | os.PathLike) -> tuple[LatentsManifest, Any, Any, float]:
-    """(manifest, mean, std, scale) of a complete latents folder, or DatasetError."""
+def latents_info(folder: str | os.PathLike) -> tuple[LatentsManifest, float]:
+    """(manifest, scale) of a complete latents folder, from the manifest and the shards'
+    metadata only (no latents are read); DatasetError when it is not complete."""
     folder = Path(folder).expanduser()
     try:
         manifest = read_manifest(folder)
@@ -119,21 +120,34 @@ def read_latents(folder: str | os.PathLike) -> tuple[LatentsManifest, Any, Any, 
             f"latents folder {folder} is incomplete ({len(done)} of {manifest.shards} shards); "
             "finish it with loomray encode (it resumes)"
         )
+    return manifest, latent_scale([shards.meta(i)["sums"] for i in range(manifest.shards)])
+
+
+def read_latents(folder: str | os.PathLike) -> tuple[LatentsManifest, Any, Any, float]:
+    """(manifest, mean, std, scale) of a complete latents folder, or DatasetError."""
+    manifest, scale = latents_info(folder)
+    shards = latents_folder(Path(folder).expanduser(), manifest)
     parts = [shards.read(i) for i in range(manifest.shards)]
-    sums = [shards.meta(i)["sums"] for i in range(manifest.shards)]
     mean = np.concatenate([p["mean"] for p in parts])
     std = np.concatenate([p["std"] for p in parts])
-    return manifest, mean, std, latent_scale(sums)
+    return manifest, mean, std, scale
 
 
 class LatentDataset(RowDataset):
     """Rows of a latents folder: the scaled posterior mean (``batch``), or a posterior
-    sample drawn for the step (``batch_at``, with ``posterior="sample"``)."""
+    sample drawn for the step (``batch_at``, with ``posterior="sample"``); ``scale``:
+    the factor (default: the folder's 1 / std)."""
 
-    def __init__(self, folder: str | os.PathLike, posterior: str = "sample", seed: int = 0):
-        manifest, mean, std, scale = read_latents(folder)
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        posterior: str = "sample",
+        seed: int = 0,
+        scale: float | None = None,
+    ):
+        manifest, mean, std, own = read_latents(folder)
         super().__init__(len(mean), manifest.latent_shape, flip=False)
-        self.manifest, self.scale = manifest, scale
+        self.manifest, self.scale = manifest, scale or own  # data.latent_scale, if set
         self.mean, self.std = torch.from_numpy(mean), torch.from_numpy(std)
         self.posterior, self.seed = posterior, seed
 

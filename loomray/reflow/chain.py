@@ -65,22 +65,34 @@ def reflow_config(
         raise ReflowError(str(err)) from err
 
 
-def source_scores_path(run_dir: Path, step: int) -> Path:
-    return run_dir / "eval" / f"source-step{step:07d}.json"
+def scores_path(run_dir: Path, what: str, step: int, cfg: Config) -> Path:
+    """Where the scores of the source (``what="source"``) or the reflowed model
+    (``"reflowed"``) under ``cfg``'s evaluation settings are kept."""
+    e = cfg.eval
+    return run_dir / "eval" / f"{what}-step{step:07d}-n{e.n}-{e.protocol}.json"
 
 
 def trained_scores_path(run_dir: Path, step: int) -> Path:
+    """The run's own final evaluation (written by rank 0 during training)."""
     return run_dir / "eval" / f"eval-step{step:07d}-train.json"
 
 
-def read_scores(path: Path) -> dict[str, dict] | None:
-    """sampler -> its row of an evaluation file, or None when there is none yet."""
+def read_scores(path: Path, cfg: Config | None = None) -> dict[str, dict] | None:
+    """sampler -> its row of an evaluation file, or None when there is none yet (or, given
+    ``cfg``, when it lacks a sampler of ``cfg.eval.methods`` or was scored otherwise)."""
     if not path.is_file():
         return None
     try:
-        return {row["method"]: row for row in json.loads(path.read_text())}
+        rows = {row["method"]: row for row in json.loads(path.read_text())}
     except (ValueError, KeyError, TypeError):
         return None
+    if cfg is not None and not all(
+        m in rows and rows[m].get("n") == cfg.eval.n
+        and rows[m].get("protocol") in (cfg.eval.protocol, "exact")
+        for m in cfg.eval.methods
+    ):
+        return None
+    return rows
 
 
 def before_after(before: dict[str, dict], after: dict[str, dict]) -> list[dict]:

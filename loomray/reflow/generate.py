@@ -60,11 +60,13 @@ def plan_pairs(
         method = parse_method(sampler).name
     except ValueError as err:
         raise PairsError(f"--sampler: {err}") from err
+    for name, value in (("--pairs", n), ("--batch", batch), ("--shard-size", shard_size)):
+        if value is not None and value < 1:
+            raise PairsError(f"{name} must be at least 1, got {value}")
+    if seed < 0:
+        raise PairsError(f"--seed must be at least 0, got {seed}")
     batch = batch or min(cfg.eval.batch, n)
     shard_size = shard_size or batch * max(1, DEFAULT_SHARD // batch)
-    if n < 1 or batch < 1 or seed < 0:
-        raise PairsError(f"--pairs and --batch must be at least 1 and --seed >= 0 (got {n}, "
-                         f"{batch}, {seed})")
     if shard_size % batch:
         raise PairsError(
             f"--shard-size {shard_size} must be a multiple of --batch {batch}: a shard is "
