@@ -80,12 +80,8 @@ class PairsManifest(Manifest):
         self.shape = tuple(int(s) for s in self.shape)
 
     @property
-    def shards(self) -> int:
-        return -(-self.pairs // self.shard_size)
-
-    def shard_range(self, index: int) -> tuple[int, int]:
-        lo = index * self.shard_size
-        return lo, min(self.pairs, lo + self.shard_size)
+    def count(self) -> int:
+        return self.pairs
 
 
 def pairs_folder(folder: str | os.PathLike, manifest: PairsManifest) -> ShardFolder:

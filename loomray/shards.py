@@ -33,11 +33,26 @@ class ShardsError(ValueError):
 
 @dataclass
 class Manifest:
-    """Base of a folder's manifest: a dataclass of plain values. Fields named in
+    """Base of a folder's manifest: a dataclass of plain values with a ``shard_size``
+    and a ``count`` of rows. Fields named in
     ``IGNORED`` (e.g. where a source file lies) may differ between two runs that
     make the same shards."""
 
     IGNORED = ()
+
+    @property
+    def count(self) -> int:
+        """How many rows the shards hold in all."""
+        raise NotImplementedError
+
+    @property
+    def shards(self) -> int:
+        return -(-self.count // self.shard_size)
+
+    def shard_range(self, index: int) -> tuple[int, int]:
+        """Rows ``lo..hi-1`` of shard ``index``."""
+        lo = index * self.shard_size
+        return lo, min(self.count, lo + self.shard_size)
 
     @property
     def digest(self) -> str:

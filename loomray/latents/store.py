@@ -59,12 +59,8 @@ class LatentsManifest(Manifest):
         self.latent_shape = tuple(int(s) for s in self.latent_shape)
 
     @property
-    def shards(self) -> int:
-        return -(-self.rows // self.shard_size)
-
-    def shard_range(self, index: int) -> tuple[int, int]:
-        lo = index * self.shard_size
-        return lo, min(self.rows, lo + self.shard_size)
+    def count(self) -> int:
+        return self.rows
 
 
 def latents_folder(folder: str | os.PathLike, manifest: LatentsManifest) -> ShardFolder:
