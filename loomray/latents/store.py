@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ class LatentsManifest(Manifest):
     shard_size: int
     batch: int
     format: int = FORMAT
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.latent_shape = tuple(int(s) for s in self.latent_shape)
