@@ -120,9 +120,12 @@ def test_digits_and_toy2d_offline():
     assert 0.5 < pts.std() < 2.0  # about the spread of the N(0, I) source
 
 
-def test_latents_say_not_built_yet():
-    with pytest.raises(DatasetError, match="latent pipeline"):
-        build_dataset(load_config("ffhq256"))
+def test_missing_latents_say_how_to_make_them(tmp_path):
+    with pytest.raises(DatasetError, match="is not a folder; make it with loomray encode"):
+        build_dataset(load_config("ffhq256", [f"data.root={tmp_path / 'none'}"]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="is not a latents folder: it has no latents.json"):
+        build_dataset(load_config("ffhq256", [f"data.root={tmp_path / 'empty'}"]))
 
 
 def test_batch_plan_is_a_function_of_seed_and_step():

@@ -39,6 +39,9 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_go_on(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         env=ENV,
+        # as in a terminal: a test run started in the background (``cmd &``) inherits
+        # SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 240
     while time.time() < deadline and not (run / "train" / "step-0000200").is_dir():
