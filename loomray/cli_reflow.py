@@ -27,8 +27,8 @@ from loomray.cli import (
 )
 
 SAMPLER_HELP = (
-    "Sampler that makes the pairs: dopri5 (adaptive, what the paper's reflow needs: "
-    "accurate endpoints) or euler-N, midpoint-N, heun-N, rk4-N."
+    "Sampler that makes the pairs: dopri5 (adaptive: the accurate endpoints reflow "
+    "learns from) or euler-N, midpoint-N, heun-N, rk4-N."
 )
 
 
