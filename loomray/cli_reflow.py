@@ -76,7 +76,7 @@ def _plan_or_fail(ckpt: str, n: int | None, sampler: str, batch=None, shard=None
 def pairs_cmd(
     ckpt: str = typer.Option(..., help="Checkpoint file or run directory of the source model."),
     out: str = typer.Option(..., help="Pairs folder (made, or resumed when it holds these)."),
-    n: int = typer.Option(None, "--n", "--pairs", help="Pairs to make (default: 1M; digits 20k)."),
+    n: int = typer.Option(None, "--n", "--pairs", help="Pairs to make (default: 1M; digits 50k)."),
     sampler: str = typer.Option("dopri5", help=SAMPLER_HELP),
     batch: int = typer.Option(None, help="Pairs sampled together (default: eval.batch)."),
     shard_size: int = typer.Option(None, help="Pairs per shard (default ~10k, whole batches)."),
@@ -120,7 +120,7 @@ def reflow_cmd(
     config: str = typer.Option(
         None, "--config", "-c", help="Reflow preset or YAML (default: <source>-reflow)."
     ),
-    pairs: int = typer.Option(None, help="Pairs to train on (default: 1M; digits 20k)."),
+    pairs: int = typer.Option(None, help="Pairs to train on (default: 1M; digits 50k)."),
     sampler: str = typer.Option("dopri5", help=SAMPLER_HELP),
     pairs_dir: str = typer.Option(None, help="Pairs folder (default: <run-dir>/pairs)."),
     run_dir: str = typer.Option(None, help="Run directory (default runs/<preset name>)."),

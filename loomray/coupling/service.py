@@ -72,8 +72,9 @@ class ServiceSpec:
     run: str = "loomray"
     run_id: str = ""
     """Identifies the run's training config: a snapshot or journal of another is refused."""
-    pair_seeds: np.ndarray | None = None
-    """The pairs coupling (reflow): the noise seed stored with each row."""
+    pairs: str | None = None
+    """The pairs coupling (reflow): the pairs folder whose rows' noise seeds it serves
+    (read by the service itself, so a restarted actor needs no arguments kept alive)."""
 
 
 @dataclass
@@ -105,6 +106,11 @@ class CouplingService:
     def __init__(self, spec: ServiceSpec) -> None:
         self.spec = spec
         self.restarts = 0
+        pair_seeds = None
+        if spec.pairs:
+            from loomray.pairs import read_pair_seeds
+
+            pair_seeds = read_pair_seeds(spec.pairs)
         creation = (
             AssignmentTable.create(spec.rows, spec.caches, seed=spec.seed)
             if spec.kind == "loom"
@@ -115,7 +121,7 @@ class CouplingService:
         self.recent: collections.deque[Solved] = collections.deque(maxlen=UNDO_DEPTH)
         self.next_step: int | None = 0
         self.durable = (
-            DurableState(spec.snapshot_dir, self._identity(), spec.pair_seeds)
+            DurableState(spec.snapshot_dir, self._identity(), pair_seeds)
             if spec.snapshot_dir
             else None
         )
@@ -124,7 +130,7 @@ class CouplingService:
         if self.durable is not None and _reconstructed():
             self.restarts = 1
             self._rebuild(creation)
-        self.coupling = make_coupling(spec.kind, self.table, spec.cost, spec.pair_seeds)
+        self.coupling = make_coupling(spec.kind, self.table, spec.cost, pair_seeds)
         self.steps: dict[int, _Step] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-solve")
         # One BLAS thread: the service lives beside busy training workers, and

@@ -19,7 +19,7 @@ from pathlib import Path
 from loomray.config import Config, ConfigError, config_from_dict, load_config, preset_names
 
 DEFAULT_PAIRS = 1_000_000  # the paper's CIFAR-10 reflow
-SMALL_DATA_PAIRS = {"digits": 20_000}  # ~11 pairs per image of the offline set
+SMALL_DATA_PAIRS = {"digits": 50_000}  # ~28 pairs per image of the offline set
 
 
 class ReflowError(ValueError):

@@ -1,6 +1,6 @@
 """Reflow pairs from a checkpoint's EMA model, split over Ray tasks by shard.
 
-    manifest = plan_pairs(load_checkpoint("runs/digits"), n=20_000, sampler="dopri5")
+    manifest = plan_pairs(load_checkpoint("runs/digits"), n=50_000, sampler="dopri5")
     result = generate_pairs(payload, Path("runs/digits-reflow/pairs"), manifest, workers=2)
 
 Shard k holds pairs ``k * shard_size ..``; its noise seeds and its sampling

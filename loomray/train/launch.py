@@ -260,11 +260,14 @@ def service_name(run_dir: Path) -> str:
     return f"{SERVICE_PREFIX}{run_dir.resolve().name}"
 
 
-def start_service(cfg: Config, rows: int, run_dir: Path, pair_seeds=None):
+def start_service(cfg: Config, rows: int, run_dir: Path):
     """The CouplingService actor, created here on the driver and never in a worker."""
     import ray
 
     name = service_name(run_dir)
+    pairs_root = None  # the pairs coupling reads its rows' seeds from the pairs folder
+    if cfg.coupling.kind == "pairs":
+        pairs_root = str(Path(cfg.data.root).expanduser().resolve())
     try:  # an actor left by a crashed driver of this run dir
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
     except ValueError:
@@ -281,7 +284,7 @@ def start_service(cfg: Config, rows: int, run_dir: Path, pair_seeds=None):
         timeout_s=cfg.coupling.timeout_s,
         run=run_dir.resolve().name,
         run_id=run_id(cfg),
-        pair_seeds=pair_seeds,
+        pairs=pairs_root,
     )
     actor = ray.remote(CouplingService).options(
         name=name,
@@ -409,7 +412,7 @@ def launch(
         on_dashboard(url)
     check_resources(cfg)
     resumed = prepare_run_dir(cfg, run_dir, resume)
-    service = start_service(cfg, len(dataset), run_dir, getattr(dataset, "seeds", None))
+    service = start_service(cfg, len(dataset), run_dir)
     if on_ready is not None:
         on_ready(service)
     t = cfg.train

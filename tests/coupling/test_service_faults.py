@@ -55,13 +55,32 @@ def merged(outs, steps):
     return {s: np.concatenate([outs[r][s] for r in range(WORLD)]) for s in steps}
 
 
-@pytest.mark.parametrize("kind", ["loom", "minibatch-ot", "independent"])
+def pairs_folder(tmp_path):
+    """A folder of reflow pairs with one stored seed per row of ``data()``."""
+    from loomray.pairs import PairsManifest, open_folder, write_shard
+
+    rows = len(data())
+    manifest = PairsManifest("src", "f" * 16, 0, "euler-1", rows, rows, rows, 0, (5,))
+    folder = tmp_path / "pairs"
+    open_folder(folder, manifest)
+    seeds = 10**6 + np.arange(rows)[::-1]
+    write_shard(folder, manifest, 0, seeds, np.zeros((rows, 5), np.uint8), 1.0)
+    return str(folder)
+
+
+@pytest.mark.parametrize("kind", ["loom", "minibatch-ot", "independent", "pairs"])
 def test_a_restarted_service_is_exactly_where_the_dead_one_was(tmp_path, monkeypatch, kind):
     x_all = data()
-    uninterrupted = CouplingService(spec(kind=kind))
+    pairs = {"pairs": pairs_folder(tmp_path)} if kind == "pairs" else {}
+    uninterrupted = CouplingService(spec(kind=kind, **pairs))
     reference = merged(asyncio.run(run_ranks(uninterrupted, 30, x_all)), range(30))
+    if kind == "pairs":  # every row keeps the noise of its stored seed
+        from loomray.coupling import noise_from_seeds
 
-    the_spec = durable(tmp_path, kind=kind, snapshot_every=5)
+        want = noise_from_seeds(10**6 + np.arange(len(x_all))[::-1][rows_of(3)], (5,))
+        assert np.array_equal(reference[3], want)
+
+    the_spec = durable(tmp_path / "service", kind=kind, snapshot_every=5, **pairs)
     dead = CouplingService(the_spec)
     asyncio.run(dead.restore(0))
     before = merged(asyncio.run(run_ranks(dead, 18, x_all)), range(18))
@@ -70,7 +89,7 @@ def test_a_restarted_service_is_exactly_where_the_dead_one_was(tmp_path, monkeyp
     assert alive.next_step == 18 and alive.restarts == 1
     if kind == "loom":
         assert np.array_equal(alive.table.seeds, dead.table.seeds)
-        assert (tmp_path / SNAPSHOT_NAME).is_file()
+        assert (tmp_path / "service" / SNAPSHOT_NAME).is_file()
     for step in (9, 14, 17):  # resubmits of answered steps get the same noise
         rows, x = part(step, 1)
         got = asyncio.run(alive.submit(step, 1, rows, x))
