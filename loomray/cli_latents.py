@@ -126,9 +126,9 @@ def encode_cmd(
 def _report_scale(folder: Path, manifest) -> None:
     import numpy as np
 
-    from loomray.latents.store import latents_folder, read_latents
+    from loomray.latents.store import latents_folder, latents_info
 
-    _, mean, std, scale = read_latents(folder)
+    _, scale = latents_info(folder)  # from the shards' sums: no latents read
     first = latents_folder(folder, manifest).read(0)
     rng = np.random.default_rng(0)
     b = min(manifest.batch, len(first["mean"]))

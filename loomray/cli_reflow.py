@@ -107,8 +107,8 @@ def pairs_cmd(
     made = _generate(payload, folder, manifest, workers, gpus, again)
     if made is not None:
         console.print(
-            f"made {made.pairs_made} pairs ({manifest.sampler}) in {made.seconds:.1f} s on "
-            f"{plural(workers, 'worker')}: {made.pairs_per_s:.0f} pairs/s; {folder}",
+            f"made {made.rows_made} pairs ({manifest.sampler}) in {made.seconds:.1f} s on "
+            f"{plural(workers, 'worker')}: {made.rows_per_s:.0f} pairs/s; {folder}",
             markup=False,
         )
 
@@ -202,19 +202,16 @@ def _scores(checkpoint: str, cfg, path: Path, workers: int, gpus: bool) -> dict:
     """A checkpoint's scores with ``cfg``'s samplers, computed once and kept in ``path``."""
     import torch
 
+    from loomray.cli import _evaluate_on_workers
     from loomray.evaluate import make_evaluator, write_results
-    from loomray.evaluate_workers import evaluate_with_workers
     from loomray.reflow.chain import read_scores
 
     scores = read_scores(path, cfg)
     if scores is not None:
         return scores
     evaluator = make_evaluator(cfg, "train", None, "cuda" if torch.cuda.is_available() else "cpu")
-    if evaluator.metric == "fid":
-        evaluator.reference_sums()
     methods = list(cfg.eval.methods)
-    with console.status(f"scoring {checkpoint} ({', '.join(methods)})..."):
-        rows = evaluate_with_workers(checkpoint, methods, cfg.eval.n, evaluator, workers, gpus)
+    rows = _evaluate_on_workers(checkpoint, methods, cfg.eval.n, evaluator, workers, gpus, None)
     write_results(rows, path.parent, path.stem)
     return read_scores(path) or {}
 

@@ -135,21 +135,12 @@ def read_shard(folder: Path, manifest: PairsManifest, index: int) -> tuple[np.nd
 
 def read_pair_seeds(folder: str | os.PathLike) -> np.ndarray:
     """The noise seeds of every pair of a complete pairs folder (no images read)."""
-    import pyarrow.parquet as pq
-
-    from loomray.shards import shard_path
-
     folder = Path(folder).expanduser()
     manifest = read_manifest(folder)
     shards = pairs_folder(folder, manifest)
     if len(shards.finished(manifest.shards)) < manifest.shards:
         raise ShardsError(f"pairs folder {folder} is incomplete")
-    return np.concatenate(
-        [
-            pq.read_table(shard_path(folder, i), columns=["seed"]).column("seed").to_numpy()
-            for i in range(manifest.shards)
-        ]
-    )
+    return np.concatenate([shards.read(i, ["seed"])["seed"] for i in range(manifest.shards)])
 
 
 def mean_nfe(folder: Path, manifest: PairsManifest) -> float:

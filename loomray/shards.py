@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -177,11 +179,12 @@ class ShardFolder:
                 done.add(index)
         return done
 
-    def read(self, index: int) -> dict[str, np.ndarray]:
+    def read(self, index: int, columns: list[str] | None = None) -> dict[str, np.ndarray]:
+        """A shard's columns (all, or those named) as arrays."""
         import pyarrow.parquet as pq
 
         path = shard_path(self.folder, index)
-        table = pq.read_table(path)
+        table = pq.read_table(path, columns=columns)
         layout = json.loads(table.schema.metadata[META_KEY])["layout"]
         out = {}
         for name in table.column_names:
@@ -195,6 +198,54 @@ class ShardFolder:
             raw = raw[column.offset * width : (column.offset + len(column)) * width]
             out[name] = raw.view(dtype).reshape(len(column), *shape).copy()
         return out
+
+
+@dataclass
+class Filled:
+    """What ``fill`` did."""
+
+    made: int
+    """Shards made by this call (the others were there already)."""
+    rows_made: int
+    seconds: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_made / self.seconds if self.rows_made and self.seconds > 0 else 0.0
+
+
+def fill(
+    shards: ShardFolder,
+    write: Callable[..., Any],
+    make_here: Callable[[int], tuple],
+    make_on_ray: Callable[[list[int], Callable[..., None]], None],
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Filled:
+    """Open the folder and make every missing shard: ``make_here(index)`` in this process
+    (``workers=0``), or ``make_on_ray(missing, done)``, whose tasks call ``done(index,
+    *made)`` on the driver. Each shard is written (``write(index, *made)``) as soon as it
+    is made; ``progress(rows done, rows)`` follows."""
+    manifest = shards.manifest
+    shards.open()
+    missing = [i for i in range(manifest.shards) if i not in shards.finished(manifest.shards)]
+    left, start = list(missing), time.perf_counter()
+
+    def rows(indices: list[int]) -> int:
+        return sum(hi - lo for lo, hi in map(manifest.shard_range, indices))
+
+    def done(index: int, *made: Any) -> None:
+        write(index, *made)
+        left.remove(index)
+        if progress is not None:
+            progress(manifest.count - rows(left), manifest.count)
+
+    if workers == 0:
+        for index in missing:
+            done(index, *make_here(index))
+    elif missing:
+        make_on_ray(missing, done)
+    return Filled(len(missing), rows(missing), time.perf_counter() - start)
 
 
 def run_tasks(task, indices: list[int], workers: int, args, done) -> None:

@@ -46,7 +46,7 @@ def test_pairs_round_trip(tmp_path):
     manifest = plan_pairs(payload, 250, "euler-3", batch=50, shard_size=100)
     assert manifest.shards == 3 and manifest.shape == (1, 8, 8)
     made = generate_pairs(payload, tmp_path / "pairs", manifest, 0)
-    assert made.made == 3 and made.pairs_made == 250
+    assert made.made == 3 and made.rows_made == 250
     pairs = PairsDataset(tmp_path / "pairs")
     assert len(pairs) == 250 and pairs.data.dtype == torch.uint8
     # The seed of a pair gives its noise, and its image is the sampler's output of that

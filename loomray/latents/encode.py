@@ -13,11 +13,9 @@ output (they read the images).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +24,7 @@ from loomray.config import Config, config_from_dict
 from loomray.data import build_dataset
 from loomray.latents.store import LatentsManifest, latents_folder, shard_sums
 from loomray.pairs import weights_fingerprint
-from loomray.shards import run_tasks
+from loomray.shards import Filled, fill, run_tasks
 
 DEFAULT_SHARD = 2048
 
@@ -93,25 +91,6 @@ def _shard_task(vae_config: dict, weights, images: dict, manifest: dict, index: 
     return index, *make_latent_shard(vae, dataset, LatentsManifest(**manifest), index, device)
 
 
-@dataclass
-class Encoded:
-    folder: Path
-    manifest: LatentsManifest
-    made: int
-    rows_made: int
-    seconds: float
-
-    @property
-    def rows_per_s(self) -> float:
-        return self.rows_made / self.seconds if self.rows_made and self.seconds > 0 else 0.0
-
-
-def _write(folder: Path, manifest: LatentsManifest, index: int, mean, std, sums) -> None:
-    lo, hi = manifest.shard_range(index)
-    columns = {"mean": mean, "std": std}
-    latents_folder(folder, manifest).write(index, columns, lo=lo, hi=hi, sums=sums)
-
-
 def encode_latents(
     vae,
     images: Config,
@@ -121,29 +100,24 @@ def encode_latents(
     gpus: bool = False,
     threads: int = 1,
     progress: Callable[[int, int], None] | None = None,
-) -> Encoded:
+) -> Filled:
     """Every missing shard: in this process (``workers=0``) or on that many Ray tasks at
     a time (Ray must be connected); each is written as soon as it is made."""
     shards = latents_folder(folder, manifest)
-    shards.open()
-    missing = [i for i in range(manifest.shards) if i not in shards.finished(manifest.shards)]
-    left, start = list(missing), time.perf_counter()
+    dataset = build_dataset(images) if workers == 0 else None
 
-    def done(index: int, *made: Any) -> None:
-        _write(folder, manifest, index, *made)
-        left.remove(index)
-        if progress is not None:
-            rows = sum(hi - lo for lo, hi in map(manifest.shard_range, left))
-            progress(manifest.rows - rows, manifest.rows)
+    def write(index: int, mean, std, sums) -> None:
+        lo, hi = manifest.shard_range(index)
+        shards.write(index, {"mean": mean, "std": std}, lo=lo, hi=hi, sums=sums)
 
-    if workers == 0:
-        dataset = build_dataset(images)
-        for index in missing:
-            done(index, *make_latent_shard(vae, dataset, manifest, index))
-    elif missing:
-        _on_ray(vae, images, manifest, missing, workers, gpus, threads, done)
-    rows = sum(hi - lo for lo, hi in map(manifest.shard_range, missing))
-    return Encoded(folder, manifest, len(missing), rows, time.perf_counter() - start)
+    return fill(
+        shards,
+        write,
+        lambda index: make_latent_shard(vae, dataset, manifest, index),
+        lambda missing, done: _on_ray(vae, images, manifest, missing, workers, gpus, threads, done),
+        workers,
+        progress,
+    )
 
 
 def _on_ray(vae, images, manifest, missing, workers, gpus, threads, done) -> None:

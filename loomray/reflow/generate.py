@@ -13,9 +13,8 @@ made twice.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +27,13 @@ from loomray.evaluate import to_uint8
 from loomray.pairs import (
     PairsError,
     PairsManifest,
-    finished_shards,
-    open_folder,
     pair_seeds,
+    pairs_folder,
     weights_fingerprint,
     write_shard,
 )
 from loomray.sampling import parse_method, sample
-from loomray.shards import run_tasks
+from loomray.shards import Filled, fill, run_tasks
 
 DEFAULT_SAMPLER = "dopri5"
 DEFAULT_SHARD = 10_000
@@ -116,32 +114,7 @@ def _shard_task(weights, config: dict, manifest: dict, index: int, threads: int)
     return index, *make_shard(model, PairsManifest(**manifest), index, device)
 
 
-@dataclass
-class Generated:
-    folder: Path
-    manifest: PairsManifest
-    made: int
-    """Shards made by this call (the others were there already)."""
-    pairs_made: int
-    seconds: float
-
-    @property
-    def pairs_per_s(self) -> float:
-        return self.pairs_made / self.seconds if self.pairs_made and self.seconds > 0 else 0.0
-
-
 Progress = Callable[[int, int], None]
-
-
-def todo(folder: Path, manifest: PairsManifest) -> list[int]:
-    """Open (or create) the pairs folder; the shards still to make."""
-    open_folder(folder, manifest)
-    done = finished_shards(folder, manifest)
-    return [i for i in range(manifest.shards) if i not in done]
-
-
-def _pairs_done(manifest: PairsManifest, missing: list[int]) -> int:
-    return manifest.pairs - sum(hi - lo for lo, hi in map(manifest.shard_range, missing))
 
 
 def generate_pairs(
@@ -152,23 +125,12 @@ def generate_pairs(
     gpus: bool = False,
     threads: int = 1,
     progress: Progress | None = None,
-) -> Generated:
+) -> Filled:
     """Every missing shard: in this process (``workers=0``) or on that many Ray tasks at
     a time (Ray must be connected); each is written as soon as it is made."""
-    start, missing = time.perf_counter(), todo(folder, manifest)
     _, model = ema_model_of(payload)  # the weights load: checked before any task starts
-    left = list(missing)
 
-    def done(index, seeds, images, nfe) -> None:
-        write_shard(folder, manifest, index, seeds, images, nfe)
-        left.remove(index)
-        if progress is not None:
-            progress(_pairs_done(manifest, left), manifest.pairs)
-
-    if workers == 0:
-        for index in missing:
-            done(index, *make_shard(model, manifest, index))
-    elif missing:
+    def on_ray(missing: list[int], done) -> None:
         import ray
 
         weights = ray.put(model.state_dict())
@@ -178,5 +140,12 @@ def generate_pairs(
         )
         spec = asdict(manifest)
         run_tasks(task, missing, workers, lambda i: (weights, config, spec, i, threads), done)
-    made = manifest.pairs - _pairs_done(manifest, missing)
-    return Generated(folder, manifest, len(missing), made, time.perf_counter() - start)
+
+    return fill(
+        pairs_folder(folder, manifest),
+        lambda index, *made: write_shard(folder, manifest, index, *made),
+        lambda index: make_shard(model, manifest, index),
+        on_ray,
+        workers,
+        progress,
+    )

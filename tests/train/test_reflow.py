@@ -44,7 +44,7 @@ def pairs_by_one(ray_session, source, tmp_path_factory):
 def test_two_workers_make_the_same_pairs_as_one(pairs_by_one, tmp_path):
     payload, manifest, one = pairs_by_one
     made = generate_pairs(payload, tmp_path / "two", manifest, workers=2)
-    assert made.made == 3 and made.pairs_per_s > 0
+    assert made.made == 3 and made.rows_per_s > 0
     for i in range(manifest.shards):
         s1, x1 = read_shard(one, manifest, i)
         s2, x2 = read_shard(tmp_path / "two", manifest, i)
