@@ -863,6 +863,11 @@ def bench_loop_cmd(
         help="The batch of this one process, as one rank of a multi-GPU run sees it (the "
         "paper's 4-GPU CIFAR-10: 32); default the config's global batch.",
     ),
+    profile: str = typer.Option(
+        None,
+        help="Also profile 10 more steps of each mode (torch.profiler) and write their "
+        "summary and operator table to this folder.",
+    ),
 ) -> None:
     """Steps/s of one training process (no Ray): independent, LOOM inline, LOOM overlapped."""
     import json
@@ -871,12 +876,14 @@ def bench_loop_cmd(
 
     from loomray.bench.loop import MODES, bench_loop
     from loomray.data import DatasetError
-    from loomray.paths import file_to_write
+    from loomray.paths import file_to_write, folder_to_write
 
     if steps < 1 or warmup < 0:
         fail(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
     if out:
         _path_or_fail(file_to_write, out, "--out")
+    if profile:
+        profile_dir = _path_or_fail(folder_to_write, profile, "--profile")
     chosen = [m.strip() for m in modes.split(",") if m.strip()] if modes else list(MODES)
     unknown = [m for m in chosen if m not in MODES]
     if unknown or not chosen:
@@ -888,7 +895,7 @@ def bench_loop_cmd(
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         with console.status(f"{cfg.name} on {dev}: {warmup} + {steps} steps per mode..."):
-            runs = bench_loop(cfg, dev, steps, warmup, chosen)
+            runs = bench_loop(cfg, dev, steps, warmup, chosen, 10 if profile else 0)
     except DatasetError as err:
         fail(str(err))
     name = torch.cuda.get_device_name() if dev == "cuda" else "CPU"
@@ -913,8 +920,32 @@ def bench_loop_cmd(
         )
     console.print(table)
     if out:
-        rows = [{**r.__dict__, "device": name, "batch": cfg.train.batch} for r in runs]
+        rows = [
+            {**{k: v for k, v in r.__dict__.items() if k != "profile"}, "device": name,
+             "batch": cfg.train.batch}
+            for r in runs
+        ]
         Path(out).write_text(json.dumps(rows, indent=2))
+    if profile:
+        _write_profiles(runs, profile_dir, str(table.title))
+
+
+def _write_profiles(runs, folder: Path, title: str) -> None:
+    """Each mode's profile as a summary (JSON) and the operator table (text)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in runs:
+        p = r.profile
+        summary = {k: v for k, v in p.__dict__.items() if k != "table"}
+        (folder / f"{r.mode}.json").write_text(json.dumps({"title": title, **summary}, indent=2))
+        (folder / f"{r.mode}.txt").write_text(f"{title}: {r.mode}, {p.steps} steps\n{p.table}")
+        console.print(
+            f"{r.mode}: {p.wall_ms:.1f} ms per step; device {p.device_ms:.1f} ms, host "
+            f"{p.cpu_ms:.1f} ms, {p.launches:.0f} launches per step",
+            markup=False,
+        )
+    console.print(f"wrote the profiles to {folder}", markup=False)
 
 
 @bench_app.command("quality")
@@ -986,4 +1017,4 @@ def bench_quality_cmd(
 
 
 # the commands of other modules register themselves on `app` when imported
-from loomray import cli_latents, cli_reflow  # noqa: E402,F401
+from loomray import cli_bench, cli_latents, cli_reflow  # noqa: E402,F401

@@ -138,6 +138,9 @@ class TrainConfig:
     """CPUs per worker (also its torch threads on CPU)."""
     bf16: bool = True
     """bf16 autocast on GPUs (ignored on CPU)."""
+    channels_last: bool = True
+    """A UNet's weights and activations in channels-last layout on GPUs (cuDNN's
+    convolution layout; ignored on CPU)."""
     compile: bool = False
     """torch.compile the network's training forward and backward (the first steps
     compile; on a GPU the eager loop is bound by kernel launches)."""

@@ -130,6 +130,12 @@ CASES = [
     ("evaluate --ckpt {tmp}/toy.pt --n 1", "--n must be at least 2"),
     ("evaluate --ckpt {tmp}/toy.pt --methods rk45", "unknown sampler 'rk45'"),
     ("bench coupling --caches 0", "--caches must be"),
+    ("bench sample --ckpt {tmp}/toy.pt --n 0", "--n must be at least 1"),
+    ("bench sample --ckpt {tmp}/toy.pt --batch 0", "--batch must be at least 1"),
+    ("bench sample --ckpt {tmp}/toy.pt --methods euler-1,rk45", "unknown sampler 'rk45'"),
+    ("bench sample --ckpt {tmp}/toy.pt --device tpu", "--device must be cpu or cuda"),
+    ("bench sample --ckpt {tmp}/noema.pt", "no usable EMA weights"),
+    ("bench sample --ckpt {tmp}/toy.pt --out {tmp}/occupied", "--out {tmp}/occupied is a folder"),
     # corrupt checkpoints
     ("evaluate --ckpt {tmp}/garbage.pt", "cannot be read"),
     ("sample --ckpt {tmp}/foreign.pt", "is not a loomray checkpoint"),

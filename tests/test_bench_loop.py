@@ -1,5 +1,7 @@
 """`loomray bench loop`: the overlapped noise source changes timing, never results."""
 
+import json
+
 import numpy as np
 from typer.testing import CliRunner
 
@@ -65,3 +67,18 @@ def test_bench_loop_cli(tmp_path):
     assert "loom-overlap" in result.output and out.is_file()
     bad = CliRunner().invoke(app, ["bench", "loop", "--config", "toy2d", "--steps", "0"])
     assert bad.exit_code == 2 and "--steps must be >= 1" in bad.output
+
+
+def test_bench_loop_profiles_each_mode(tmp_path):
+    out = tmp_path / "profile"
+    result = CliRunner().invoke(
+        app,
+        ["bench", "loop", "--config", "toy2d", "--steps", "2", "--warmup", "1", "--device",
+         "cpu", "--modes", "independent,loom-overlap", "--profile", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    for mode in ("independent", "loom-overlap"):
+        summary = json.loads((out / f"{mode}.json").read_text())
+        assert summary["steps"] == 10 and summary["wall_ms"] > 0 and summary["cpu_ms"] > 0
+        assert summary["device_ms"] == 0 and summary["top"]  # a CPU: no device time
+        assert "Self CPU" in (out / f"{mode}.txt").read_text()

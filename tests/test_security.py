@@ -38,3 +38,35 @@ def test_cli_prints_the_warning_before_anything_starts(tmp_path, monkeypatch):
     assert out.exit_code == 2
     assert text.startswith("warning: the Ray dashboard will listen on 0.0.0.0")
     assert "error: run dir" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "wanted"), [(None, True), ("1", True), ("0", False), ("off", False)]
+)
+def test_local_ray_starts_without_dashboard_when_asked(monkeypatch, value, wanted):
+    """LOOMRAY_DASHBOARD=0 starts a local Ray without the dashboard (a GPU node without
+    Ray's dashboard extras); token auth and everything else stay as they are."""
+    import ray
+
+    from loomray.train import launch
+
+    seen = {}
+
+    class Info:
+        dashboard_url = "127.0.0.1:8265" if wanted else None
+
+    def fake_init(**kwargs):
+        seen.update(kwargs)
+        return Info()
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(launch, "_DASHBOARD", {})
+    if value is None:
+        monkeypatch.delenv("LOOMRAY_DASHBOARD", raising=False)
+    else:
+        monkeypatch.setenv("LOOMRAY_DASHBOARD", value)
+    url = launch.connect(None, quiet=True)
+    assert seen["include_dashboard"] is wanted
+    assert seen["dashboard_host"] == "127.0.0.1"
+    assert (url is not None) is wanted

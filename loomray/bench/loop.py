@@ -57,9 +57,68 @@ class LoopBenchRun:
     wait_ms: float
     """Mean time a step blocked on its noise."""
     loss: float
+    profile: LoopProfile | None = None
+    """Set when asked for: the profile of steps after the timed ones."""
 
 
-def _run(cfg: Config, mode: str, device: torch.device, steps: int, warmup: int) -> LoopBenchRun:
+@dataclass
+class LoopProfile:
+    """Where ``steps`` steps of one mode spend their time (torch.profiler)."""
+
+    mode: str
+    steps: int
+    wall_ms: float
+    """Wall time per step, device synchronised at the end."""
+    cpu_ms: float
+    """Host time per step in PyTorch's operators and the CUDA runtime (self time)."""
+    device_ms: float
+    """Time per step of the GPU's kernels and copies (0 on a CPU)."""
+    launches: float
+    """Kernel and graph launches per step."""
+    top: list[tuple[str, float]]
+    """The costliest operators or kernels: (name, self ms per step), device time on a GPU."""
+    table: str
+    """torch.profiler's table of them, for the record."""
+
+
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch",
+            "cuLaunchKernelEx")
+
+
+def profile_steps(
+    cfg: Config, state, dataset, plan, noise, device: torch.device, steps: int, mode: str
+) -> LoopProfile:
+    """Profile the next ``steps`` steps of a warmed-up loop (CPU, and CUDA on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    start = state.step
+    with profile(activities=activities) as prof:
+        began = time.perf_counter()
+        train_steps(cfg, state, dataset, plan, noise, start + steps, device)
+        sync()
+        wall = time.perf_counter() - began
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    ranked = sorted(events, key=lambda e: getattr(e, key), reverse=True)
+    per_step = 1e-3 / steps  # profiler times are microseconds
+    return LoopProfile(
+        mode,
+        steps,
+        1e3 * wall / steps,
+        per_step * sum(e.self_cpu_time_total for e in events),
+        per_step * sum(e.self_device_time_total for e in events) if cuda else 0.0,
+        sum(e.count for e in events if e.key in LAUNCHES) / steps,
+        [(e.key, per_step * getattr(e, key)) for e in ranked[:15]],
+        events.table(sort_by=key, row_limit=30),
+    )
+
+
+def _run(
+    cfg: Config, mode: str, device: torch.device, steps: int, warmup: int, profile: int = 0
+) -> LoopBenchRun:
     kind = "independent" if mode.startswith("independent") else "loom"
     cfg = replace(
         cfg,
@@ -82,6 +141,9 @@ def _run(cfg: Config, mode: str, device: torch.device, steps: int, warmup: int) 
     history = train_steps(cfg, state, dataset, plan, noise, warmup + steps, device)
     sync()
     seconds = time.perf_counter() - start
+    profiled = None
+    if profile:
+        profiled = profile_steps(cfg, state, dataset, plan, noise, device, profile, mode)
     if isinstance(noise, ThreadedNoise):
         noise.close()
     return LoopBenchRun(
@@ -90,13 +152,20 @@ def _run(cfg: Config, mode: str, device: torch.device, steps: int, warmup: int) 
         steps / seconds,
         1e3 * float(np.mean([log.wait for log in history.logs])),
         float(np.mean(history.losses[-10:])),
+        profiled,
     )
 
 
 def bench_loop(
-    cfg: Config, device: str = "cuda", steps: int = 50, warmup: int = 10, modes=MODES
+    cfg: Config,
+    device: str = "cuda",
+    steps: int = 50,
+    warmup: int = 10,
+    modes=MODES,
+    profile: int = 0,
 ) -> list[LoopBenchRun]:
-    """Each mode on a fresh model, same config, same steps, one after another.
+    """Each mode on a fresh model, same config, same steps, one after another;
+    ``profile`` > 0 profiles that many further steps of each mode.
 
     All modes run with one BLAS thread, as the coupling service's process does: a
     BLAS pool of every core, spinning beside the training loop, slowed an H100's
@@ -107,4 +176,4 @@ def bench_loop(
     if dev.type != "cuda":
         modes = [m for m in modes if m != "independent-fp32"]  # bf16 is CUDA-only here
     with threadpool_limits(limits=1, user_api="blas"):
-        return [_run(cfg, mode, dev, steps, warmup) for mode in modes]
+        return [_run(cfg, mode, dev, steps, warmup, profile) for mode in modes]

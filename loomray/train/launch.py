@@ -151,6 +151,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+NO = ("0", "false", "no", "off")
 
 
 def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
@@ -197,7 +198,8 @@ def connect(
 
     Returns the dashboard URL when known. A local Ray binds its dashboard to
     ``dashboard_host`` (127.0.0.1 unless asked otherwise) and keeps Ray's token
-    authentication on (see ``security_warnings``).
+    authentication on (see ``security_warnings``); ``LOOMRAY_DASHBOARD=0`` starts it
+    without the dashboard (a machine without Ray's dashboard extras, say).
     """
     import logging
 
@@ -215,7 +217,7 @@ def connect(
     runtime_env = {"env_vars": driver_settings()}
     if address is None:
         info = ray.init(
-            include_dashboard=True,
+            include_dashboard=dashboard_wanted(),
             dashboard_host=dashboard_host,
             runtime_env=runtime_env,
             log_to_driver=not quiet,
@@ -231,6 +233,12 @@ def connect(
 
 
 _DASHBOARD: dict[str, str | None] = {}
+
+
+def dashboard_wanted() -> bool:
+    """Whether a local Ray starts its dashboard: yes unless ``LOOMRAY_DASHBOARD`` is
+    0, false, no or off."""
+    return os.environ.get("LOOMRAY_DASHBOARD", "1").strip().lower() not in NO
 
 
 def check_resources(cfg: Config) -> None:

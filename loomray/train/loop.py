@@ -112,7 +112,7 @@ class TrainState:
 def build_state(cfg: Config, device: torch.device) -> TrainState:
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(device)
-    if device.type == "cuda" and cfg.model.kind == "unet":
+    if device.type == "cuda" and cfg.model.kind == "unet" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup)
     # fused: one kernel for the whole update on a GPU (the loop is launch-bound there)
@@ -190,7 +190,10 @@ def train_steps(
         return history
     cuda = device.type == "cuda"
     use_bf16 = cuda and cfg.train.bf16
-    channels_last = cuda and cfg.model.kind == "unet"
+    channels_last = cuda and cfg.model.kind == "unet" and cfg.train.channels_last
+    # A new step for the CUDA graphs: the last step's graph outputs (its gradients) are
+    # dead by now, so their memory is replayed into without a check of who holds it.
+    mark_step = cuda and cfg.train.graph
     batches = iterate_batches(
         dataset, plan, state.step, stop, rank, world, cfg.data.loader_workers, pin=cuda
     )
@@ -221,9 +224,11 @@ def train_steps(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
             z = z.contiguous(memory_format=torch.channels_last)
+        state.optimizer.zero_grad(set_to_none=True)
+        if mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = cfm_loss(net, x, z, cfg.train.sigma)
-        state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(state.model.parameters(), cfg.train.grad_clip)
         state.optimizer.step()

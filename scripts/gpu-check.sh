@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/results.md in one go, on one machine with one CUDA GPU.
+#
+#   bash scripts/gpu-check.sh OUT_DIR [SECONDS]
+#
+# Stages run in order of importance, each under its own time limit and all inside
+# SECONDS (default 500); a stage that fails or runs out of time is logged and the next
+# one starts. Everything lands in OUT_DIR/gpu-check.tar.gz (refreshed after every
+# stage) and OUT_DIR/summary.txt. Ray runs without its dashboard (LOOMRAY_DASHBOARD=0)
+# and FID uses an Inception network with random weights: the timing is real, the
+# scores are not (the weights cannot be downloaded there). SMOKE=1 runs every stage
+# on the CPU with a small UNet and few steps, to check the script itself; ONLY=REGEX
+# runs only the stages whose names match (a rerun of the ones that failed).
+set -u
+out=${1:?usage: scripts/gpu-check.sh OUT_DIR [SECONDS]}
+budget=${2:-500}
+py=${PYTHON:-python3}
+work=$(mktemp -d /tmp/gpu-check.XXXX)
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 LOOMRAY_DASHBOARD=0 COLUMNS=150 RAY_USAGE_STATS_ENABLED=0
+export LOOMRAY_CACHE=$work/cache LOOMRAY_FID_WEIGHTS=$work/inception-random.pth
+t0=$(date +%s)
+summary=$out/summary.txt
+: > "$summary"
+
+steps=100 warmup=10 train_steps=300 log_every=25 n=4096 gpus=--gpus small=()
+if [[ ${SMOKE:-0} == 1 ]]; then
+  steps=3 warmup=1 train_steps=20 log_every=5 n=64 gpus=--cpu
+  small=(model.channels=32 "model.channel_mult=[1,2]" train.batch=16 train.cpus_per_worker=1
+    coupling.service_cpus=0 data.loader_workers=0 data.limit=256 eval.n=64)
+fi
+export py work steps warmup train_steps log_every gpus
+export SMALL="${small[*]}"
+
+note() { echo "$*" | tee -a "$summary"; }
+
+# stage NAME LIMIT CMD...: run CMD with its output in NAME.log, at most LIMIT seconds
+# and never past the budget; print and keep the end of the log.
+stage() {
+  local name=$1 limit=$2 left start rc
+  shift 2
+  [[ $name =~ ${ONLY:-.} ]] || return 0
+  left=$((budget - ($(date +%s) - t0)))
+  if ((left < 20)); then
+    note "=== $name: skipped, ${left}s of the budget left"
+    return
+  fi
+  ((limit > left)) && limit=$left
+  note "=== $name (at $(($(date +%s) - t0)) s, limit ${limit} s)"
+  start=$(date +%s)
+  timeout -k 5 "$limit" bash -c '"$@"' "$name" "$@" > "$work/$name.log" 2>&1
+  rc=$?
+  note "--- $name: rc $rc in $(($(date +%s) - start)) s"
+  tail -n 30 "$work/$name.log" | tee -a "$summary"
+  tar -C "$work" --exclude=cache --exclude='runs/*/train' -czf "$out/gpu-check.tar.gz" .
+}
+
+loomray() { "$py" -m loomray "$@"; }
+loop() {
+  # shellcheck disable=SC2086
+  loomray bench loop --config cifar10 data.name=synthetic --steps "$steps" --warmup "$warmup" \
+    $SMALL "$@"
+}
+# The real path: `loomray train` through Ray Train (1 GPU worker) and the coupling service,
+# on synthetic CIFAR-sized images; metrics every 25 steps, a small FID at the end.
+train() {
+  # shellcheck disable=SC2086
+  loomray train --config cifar10 --workers 1 "$gpus" --run-dir "$work/runs/$1" \
+    data.name=synthetic data.limit=10000 train.steps="$train_steps" \
+    train.log_every="$log_every" train.ckpt_every="$train_steps" eval.n=1000 \
+    "eval.methods=[euler-1]" eval.batch=500 $SMALL "${@:2}"
+}
+# steps/s and the wait share from each run's own metrics: medians over the windows
+# after the first (start-up), as `loomray bench train` reads them.
+windows() {
+  "$py" - "$work/runs" << 'EOF'
+import json, pathlib, statistics, sys
+rows = {}
+for run in sorted(pathlib.Path(sys.argv[1]).iterdir()):
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        continue
+    lines = [json.loads(x) for x in path.read_text().splitlines()][1:]
+    ips = statistics.median(x["images_per_s"] for x in lines)
+    wait = statistics.median(x["wait_fraction"] for x in lines)
+    rows[run.name] = ips
+    print(f"{run.name}: {ips / 128:.2f} steps/s ({ips:.0f} images/s), wait {100 * wait:.2f}%"
+          f" of step time, {len(lines)} windows")
+if {"loom", "independent"} <= rows.keys():
+    print(f"loom / independent: {rows['loom'] / rows['independent']:.3f}")
+EOF
+}
+export -f loomray loop train windows
+
+stage env 60 bash -c "nvidia-smi; nproc; free -g; $py -c 'import torch, ray; \
+print(torch.__version__, torch.version.cuda, ray.__version__, torch.cuda.is_available() \
+and torch.cuda.get_device_name())'"
+
+"$py" - "$LOOMRAY_FID_WEIGHTS" > "$work/inception.log" 2>&1 << 'EOF'
+# Inception-v3 of torch-fidelity's architecture with random weights (what the tests use).
+import sys, torch
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3 as F
+torch.save({}, sys.argv[1] + ".empty")
+load, F.load_state_dict = F.load_state_dict, lambda self, state: None
+torch.manual_seed(0)
+model = F("inception-v3-compat", ["2048"], feature_extractor_weights_path=sys.argv[1] + ".empty")
+F.load_state_dict = load
+for m in model.modules():
+    if isinstance(m, torch.nn.Conv2d):
+        torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+torch.save(model.state_dict(), sys.argv[1])
+EOF
+
+# 1. The step at batch 128: eager (bf16, fp32) and CUDA graphs, with profiles.
+stage loop-b128-eager 150 loop --modes independent,loom-overlap,independent-fp32 \
+  --out "$work/loop-b128-eager.json" --profile "$work/profile-b128-eager"
+stage loop-b128-graph 240 loop --modes independent,loom-overlap train.graph=true \
+  --out "$work/loop-b128-graph.json" --profile "$work/profile-b128-graph"
+# 2. The real path, LOOM then independent; then the samplers on the LOOM model.
+stage train-loom 150 train loom coupling.kind=loom
+stage train-independent 120 train independent coupling.kind=independent
+stage windows 30 windows
+stage sample 120 loomray bench sample --ckpt "$work/runs/loom" --n "$n" \
+  --batch 1024 --methods euler-1,euler-2,midpoint-2,midpoint-4,rk4-8,dopri5 \
+  --out "$work/sample.json"
+# 3. The paper's 4-GPU shape, per-rank batch 32: eager against CUDA graphs.
+stage loop-b32-eager 90 loop --batch-per-rank 32 --modes independent,loom-overlap \
+  --out "$work/loop-b32-eager.json"
+stage loop-b32-graph 200 loop --batch-per-rank 32 --modes independent,loom-overlap \
+  train.graph=true --out "$work/loop-b32-graph.json"
+# 4. If time is left: the channels-first eager step, and LOOM with CUDA graphs through Ray.
+stage loop-b128-nchw 60 loop --modes independent train.channels_last=false \
+  --out "$work/loop-b128-nchw.json"
+stage train-loom-graph 150 train loom-graph coupling.kind=loom train.graph=true
+stage windows-graph 30 windows
+note "=== done at $(($(date +%s) - t0)) s"
