@@ -116,18 +116,19 @@ stage loop-b128-eager 150 loop --modes independent,loom-overlap,independent-fp32
   --out "$work/loop-b128-eager.json" --profile "$work/profile-b128-eager"
 stage loop-b128-graph 240 loop --modes independent,loom-overlap train.graph=true \
   --out "$work/loop-b128-graph.json" --profile "$work/profile-b128-graph"
-# 2. The real path, LOOM then independent; then the samplers on the LOOM model.
+# 2. The real path, LOOM then independent.
 stage train-loom 150 train loom coupling.kind=loom
 stage train-independent 120 train independent coupling.kind=independent
 stage windows 30 windows
-stage sample 120 loomray bench sample --ckpt "$work/runs/loom" --n "$n" \
-  --batch 1024 --methods euler-1,euler-2,midpoint-2,midpoint-4,rk4-8,dopri5 \
-  --out "$work/sample.json"
 # 3. The paper's 4-GPU shape, per-rank batch 32: eager against CUDA graphs.
 stage loop-b32-eager 90 loop --batch-per-rank 32 --modes independent,loom-overlap \
   --out "$work/loop-b32-eager.json"
 stage loop-b32-graph 200 loop --batch-per-rank 32 --modes independent,loom-overlap \
   train.graph=true --out "$work/loop-b32-graph.json"
+# The samplers on the LOOM model.
+stage sample 120 loomray bench sample --ckpt "$work/runs/loom" --n "$n" \
+  --batch 1024 --methods euler-1,euler-2,midpoint-2,midpoint-4,rk4-8,dopri5 \
+  --out "$work/sample.json"
 # 4. If time is left: the channels-first eager step, and LOOM with CUDA graphs through Ray.
 stage loop-b128-nchw 60 loop --modes independent train.channels_last=false \
   --out "$work/loop-b128-nchw.json"
