@@ -52,7 +52,9 @@ stage() {
   rc=$?
   note "--- $name: rc $rc in $(($(date +%s) - start)) s"
   tail -n 30 "$work/$name.log" | tee -a "$summary"
-  tar -C "$work" --exclude=cache --exclude='runs/*/train' -czf "$out/gpu-check.tar.gz" .
+  # logs, tables, profiles and the runs' metrics only (checkpoints are ~0.4 GB each)
+  (cd "$work" && find . -name '*.log' -o -name '*.json' -o -name '*.jsonl' -o -name '*.txt' \
+    | grep -v '^./cache/' | tar -czf "$out/gpu-check.tar.gz" -T -)
 }
 
 loomray() { "$py" -m loomray "$@"; }
@@ -84,10 +86,12 @@ for run in sorted(pathlib.Path(sys.argv[1]).iterdir()):
     ips = statistics.median(x["images_per_s"] for x in lines)
     wait = statistics.median(x["wait_fraction"] for x in lines)
     rows[run.name] = ips
-    print(f"{run.name}: {ips / 128:.2f} steps/s ({ips:.0f} images/s), wait {100 * wait:.2f}%"
-          f" of step time, {len(lines)} windows")
-if {"loom", "independent"} <= rows.keys():
-    print(f"loom / independent: {rows['loom'] / rows['independent']:.3f}")
+    print(f"{run.name}: {ips:.0f} images/s, wait {100 * wait:.2f}% of step time, "
+          f"{len(lines)} windows")
+for suffix in ("", "-graph"):
+    if {"loom" + suffix, "independent" + suffix} <= rows.keys():
+        ratio = rows["loom" + suffix] / rows["independent" + suffix]
+        print(f"loom{suffix} / independent{suffix}: {ratio:.3f}")
 EOF
 }
 export -f loomray loop train windows
@@ -111,27 +115,29 @@ for m in model.modules():
 torch.save(model.state_dict(), sys.argv[1])
 EOF
 
-# 1. The step at batch 128: eager (bf16, fp32) and CUDA graphs, with profiles.
-stage loop-b128-eager 150 loop --modes independent,loom-overlap,independent-fp32 \
-  --out "$work/loop-b128-eager.json" --profile "$work/profile-b128-eager"
-stage loop-b128-graph 240 loop --modes independent,loom-overlap train.graph=true \
+# 1. The step at the paper's 4-GPU shape (per-rank batch 32) and at batch 128, eager
+#    and with CUDA graphs, each with a profile of 10 more steps.
+stage loop-b32-eager 90 loop --batch-per-rank 32 --modes independent,loom-overlap \
+  --out "$work/loop-b32-eager.json" --profile "$work/profile-b32-eager"
+stage loop-b32-graph 200 loop --batch-per-rank 32 --modes independent,loom-overlap \
+  train.graph=true --out "$work/loop-b32-graph.json" --profile "$work/profile-b32-graph"
+stage loop-b128-graph 200 loop --modes independent,loom-overlap train.graph=true \
   --out "$work/loop-b128-graph.json" --profile "$work/profile-b128-graph"
-# 2. The real path, LOOM then independent.
+stage loop-b128-eager 100 loop --modes independent,loom-overlap,independent-fp32 \
+  --out "$work/loop-b128-eager.json" --profile "$work/profile-b128-eager"
+# 2. The real path with CUDA graphs, LOOM then independent.
+stage train-loom-graph 150 train loom-graph coupling.kind=loom train.graph=true
+stage train-independent-graph 120 train independent-graph coupling.kind=independent \
+  train.graph=true
+stage windows-graph 30 windows
+# 3. The samplers on the LOOM model.
+stage sample 120 loomray bench sample --ckpt "$work/runs/loom-graph" --n "$n" \
+  --batch 1024 --methods euler-1,euler-2,midpoint-2,midpoint-4,rk4-8,dopri5 \
+  --out "$work/sample.json"
+# 4. If time is left: the eager real path, and the channels-first eager step.
 stage train-loom 150 train loom coupling.kind=loom
 stage train-independent 120 train independent coupling.kind=independent
 stage windows 30 windows
-# 3. The paper's 4-GPU shape, per-rank batch 32: eager against CUDA graphs.
-stage loop-b32-eager 90 loop --batch-per-rank 32 --modes independent,loom-overlap \
-  --out "$work/loop-b32-eager.json"
-stage loop-b32-graph 200 loop --batch-per-rank 32 --modes independent,loom-overlap \
-  train.graph=true --out "$work/loop-b32-graph.json"
-# The samplers on the LOOM model.
-stage sample 120 loomray bench sample --ckpt "$work/runs/loom" --n "$n" \
-  --batch 1024 --methods euler-1,euler-2,midpoint-2,midpoint-4,rk4-8,dopri5 \
-  --out "$work/sample.json"
-# 4. If time is left: the channels-first eager step, and LOOM with CUDA graphs through Ray.
 stage loop-b128-nchw 60 loop --modes independent train.channels_last=false \
   --out "$work/loop-b128-nchw.json"
-stage train-loom-graph 150 train loom-graph coupling.kind=loom train.graph=true
-stage windows-graph 30 windows
 note "=== done at $(($(date +%s) - t0)) s"

@@ -72,13 +72,15 @@ class LoopProfile:
     cpu_ms: float
     """Host time per step in PyTorch's operators and the CUDA runtime (self time)."""
     device_ms: float
-    """Time per step of the GPU's kernels and copies (0 on a CPU)."""
+    """Time per step of the GPU's kernels and copies (0 on a CPU; kernel tracing slows
+    short kernels, so it can exceed an unprofiled step's wall time)."""
     launches: float
     """Kernel and graph launches per step."""
     top: list[tuple[str, float]]
     """The costliest operators or kernels: (name, self ms per step), device time on a GPU."""
     table: str
-    """torch.profiler's table of them, for the record."""
+    """torch.profiler's tables of them, for the record: by device time (on a GPU) and
+    by host time (what a launch-bound step spends its CPU on)."""
 
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch",
@@ -101,6 +103,9 @@ def profile_steps(
         sync()
         wall = time.perf_counter() - began
     events = prof.key_averages()
+    # Device time of kernels and copies; the ranges of user annotations on the device
+    # (a compiled graph's call, the optimizer's step) span them and would count twice.
+    kernels = [e for e in events if cuda and not getattr(e, "is_user_annotation", False)]
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     ranked = sorted(events, key=lambda e: getattr(e, key), reverse=True)
     per_step = 1e-3 / steps  # profiler times are microseconds
@@ -109,10 +114,13 @@ def profile_steps(
         steps,
         1e3 * wall / steps,
         per_step * sum(e.self_cpu_time_total for e in events),
-        per_step * sum(e.self_device_time_total for e in events) if cuda else 0.0,
+        per_step * sum(e.self_device_time_total for e in kernels),
         sum(e.count for e in events if e.key in LAUNCHES) / steps,
         [(e.key, per_step * getattr(e, key)) for e in ranked[:15]],
-        events.table(sort_by=key, row_limit=30),
+        "\n\n".join(
+            events.table(sort_by=k, row_limit=30)
+            for k in dict.fromkeys([key, "self_cpu_time_total"])
+        ),
     )
 
 
