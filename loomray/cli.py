@@ -942,7 +942,8 @@ def _write_profiles(runs, folder: Path, title: str) -> None:
         (folder / f"{r.mode}.txt").write_text(f"{title}: {r.mode}, {p.steps} steps\n{p.table}")
         console.print(
             f"{r.mode}: {p.wall_ms:.1f} ms per step; device {p.device_ms:.1f} ms, host "
-            f"{p.cpu_ms:.1f} ms, {p.launches:.0f} launches per step",
+            f"{p.cpu_ms:.1f} ms ({sum(p.blocking.values()):.1f} in CUDA calls that can wait), "
+            f"{p.launches:.0f} launches per step",
             markup=False,
         )
     console.print(f"wrote the profiles to {folder}", markup=False)

@@ -76,6 +76,9 @@ class LoopProfile:
     short kernels, so it can exceed an unprofiled step's wall time)."""
     launches: float
     """Kernel and graph launches per step."""
+    blocking: dict[str, float]
+    """Host ms per step in CUDA runtime calls that can wait for the device or stall it
+    (synchronisations, allocations of device or pinned memory, blocking copies)."""
     top: list[tuple[str, float]]
     """The costliest operators or kernels: (name, self ms per step), device time on a GPU."""
     table: str
@@ -83,6 +86,10 @@ class LoopProfile:
     by host time (what a launch-bound step spends its CPU on)."""
 
 
+BLOCKING = ("Synchronize", "cudaMalloc", "cudaFree", "cudaHostAlloc", "cudaHostRegister",
+            "cudaMemcpy", "cudaStreamWaitEvent")
+"""Parts of the names of CUDA runtime calls that can make the host wait (cudaMemcpyAsync
+too: from pageable memory it blocks)."""
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch",
             "cuLaunchKernelEx")
 
@@ -116,6 +123,11 @@ def profile_steps(
         per_step * sum(e.self_cpu_time_total for e in events),
         per_step * sum(e.self_device_time_total for e in kernels),
         sum(e.count for e in events if e.key in LAUNCHES) / steps,
+        {
+            e.key: per_step * e.self_cpu_time_total
+            for e in events
+            if any(part in e.key for part in BLOCKING) and e.self_cpu_time_total > 0
+        },
         [(e.key, per_step * getattr(e, key)) for e in ranked[:15]],
         "\n\n".join(
             events.table(sort_by=k, row_limit=30)
