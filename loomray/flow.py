@@ -56,19 +56,35 @@ class EMA(nn.Module):
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self._pairs: tuple = ()
+        """(model, its parameters, ours, the modules that hold buffers): walking a
+        UNet's modules for them costs the host more than the update's kernel."""
+
+    def _pairs_of(self, model: nn.Module) -> tuple:
+        if not self._pairs or self._pairs[0] is not model:
+            ema, new = list(self.model.parameters()), list(model.parameters())
+            if len(ema) != len(new):
+                raise ValueError(f"EMA holds {len(ema)} parameters, the model {len(new)}")
+            holders = [
+                (mine, theirs, list(theirs._buffers))
+                for mine, theirs in zip(self.model.modules(), model.modules(), strict=True)
+                if theirs._buffers
+            ]
+            self._pairs = (model, new, ema, holders)
+        return self._pairs
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int | None = None) -> None:
         """Average in ``model``'s weights; ``step`` (0-based) sets the warm-up."""
         # One multi-tensor kernel rather than a launch per tensor: on a GPU the
         # training loop is bound by the CPU launching kernels.
-        ema, new = list(self.model.parameters()), list(model.parameters())
-        if len(ema) != len(new):
-            raise ValueError(f"EMA holds {len(ema)} parameters, the model {len(new)}")
+        _, new, ema, holders = self._pairs_of(model)
         decay = ema_decay(self.decay, step, self.warmup)
-        torch._foreach_lerp_(ema, [p.detach() for p in new], 1.0 - decay)
-        for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
-            e.copy_(b)
+        torch._foreach_lerp_(ema, new, 1.0 - decay)
+        for mine, theirs, names in holders:  # buffers by name: .to() replaces them
+            for name in names:
+                if theirs._buffers[name] is not None:
+                    mine._buffers[name].copy_(theirs._buffers[name])
 
 
 def warmup_constant(warmup: int):

@@ -76,3 +76,30 @@ def test_ema_and_warmup():
     f = warmup_constant(10)
     assert f(0) == pytest.approx(0.1) and f(9) == 1.0 and f(1000) == 1.0
     assert warmup_constant(0)(0) == 1.0
+
+
+def test_ema_follows_the_model_across_updates_and_conversions():
+    """The EMA keeps its lists of parameters between updates (the host's cost per
+    step), and still follows in-place changes, buffers, .to() and another model."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    ema = EMA(model, decay=0.5, warmup=False)
+    for _ in range(3):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        model.train()(torch.randn(8, 3))  # moves the running statistics
+        ema.update(model)
+    # e_k = (e_(k-1) + w0 + k) / 2 from e_0 = w0: w0 + 2.125 = the model's w0 + 3 - 0.875
+    assert torch.allclose(ema.model[0].weight, model[0].weight.detach() - 0.875)
+    assert torch.equal(ema.model[1].running_mean, model[1].running_mean)
+    assert int(ema.model[1].num_batches_tracked) == 3
+    model.double()
+    ema.model.double()
+    model(torch.randn(8, 3, dtype=torch.float64))
+    ema.update(model)  # buffers replaced by .double() are found by name
+    assert torch.equal(ema.model[1].running_var, model[1].running_var)
+    other = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3)).double()
+    before = ema.model[0].weight.clone()
+    ema.update(other)  # another model: its own parameters, not the first one's
+    assert torch.allclose(ema.model[0].weight, (before + other[0].weight.detach()) / 2)
+    with pytest.raises(ValueError, match="EMA holds 4 parameters, the model 2"):
+        ema.update(torch.nn.Linear(3, 3))
