@@ -123,6 +123,10 @@ stage loop-b32-graph 200 loop --batch-per-rank 32 --modes independent,loom-overl
   train.graph=true --out "$work/loop-b32-graph.json" --profile "$work/profile-b32-graph"
 stage loop-b128-graph 200 loop --modes independent,loom-overlap train.graph=true \
   --out "$work/loop-b128-graph.json" --profile "$work/profile-b128-graph"
+# the graph step with the layout left to the compiler (channels-first weights and inputs)
+stage loop-b128-graph-nchw 200 loop --modes independent train.graph=true \
+  train.channels_last=false --out "$work/loop-b128-graph-nchw.json" \
+  --profile "$work/profile-b128-graph-nchw"
 stage loop-b128-eager 100 loop --modes independent,loom-overlap,independent-fp32 \
   --out "$work/loop-b128-eager.json" --profile "$work/profile-b128-eager"
 # 2. The real path with CUDA graphs, LOOM then independent.
