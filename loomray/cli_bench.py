@@ -1,4 +1,5 @@
-"""`loomray bench sample`: the speed of each sampler on a trained model."""
+"""`loomray bench loop` (the training step alone, optionally profiled) and `loomray bench
+sample` (the speed of each sampler on a trained model)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from loomray.cli import _path_or_fail, bench_app, console, fail
+from loomray.cli import _config_or_fail, _path_or_fail, bench_app, console, fail
 
 
 @bench_app.command("sample")
@@ -26,8 +27,6 @@ def bench_sample_cmd(
     """Images/s and NFE of each sampler on a checkpoint's EMA model (no FID)."""
     from dataclasses import replace
 
-    import torch
-
     from loomray.bench.sample import bench_sample
     from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint
     from loomray.latents.autoencoder import AutoencoderError
@@ -40,9 +39,7 @@ def bench_sample_cmd(
         fail(f"--batch must be at least 1, got {batch}")
     if out:
         _path_or_fail(file_to_write, out, "--out")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dev not in ("cuda", "cpu") or (dev == "cuda" and not torch.cuda.is_available()):
-        fail(f"--device must be cpu or cuda (with a GPU), got {dev}")
+    dev = _device_or_fail(device)
     try:
         cfg, model = ema_model_of(load_checkpoint(ckpt))
         chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
@@ -53,7 +50,7 @@ def bench_sample_cmd(
         fail(str(err))
     if batch is not None:
         cfg = replace(cfg, eval=replace(cfg.eval, batch=batch))
-    name = torch.cuda.get_device_name() if dev == "cuda" else "CPU"
+    name = _device_name(dev)
     try:
         rows = bench_sample(
             model, cfg, chosen, n, dev, progress=lambda line: console.print(line, markup=False)
@@ -72,3 +69,131 @@ def bench_sample_cmd(
             for r in rows
         ]
         Path(out).write_text(json.dumps(records, indent=2))
+
+
+@bench_app.command("loop")
+def bench_loop_cmd(
+    config: str = typer.Option("cifar10", "--config", "-c", help="Preset name or YAML path."),
+    overrides: list[str] = typer.Argument(None, help="section.key=value overrides."),
+    steps: int = typer.Option(50, help="Timed steps per mode."),
+    warmup: int = typer.Option(10, help="Untimed steps first."),
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+    out: str = typer.Option(None, help="Also write the table as JSON here."),
+    modes: str = typer.Option(
+        None,
+        help="Comma-separated noise sources to time: independent, loom-inline, loom-overlap, "
+        "independent-fp32 (the bf16 reference on CUDA). Default: all.",
+    ),
+    batch_per_rank: int = typer.Option(
+        None,
+        help="The batch of this one process, as one rank of a multi-GPU run sees it (the "
+        "paper's 4-GPU CIFAR-10: 32); default the config's global batch.",
+    ),
+    profile: str = typer.Option(
+        None,
+        help="Also profile 10 more steps of each mode (torch.profiler) and write their "
+        "summary and operator tables to this folder.",
+    ),
+) -> None:
+    """Steps/s of one training process (no Ray): independent, LOOM inline, LOOM overlapped."""
+    from loomray.bench.loop import MODES, bench_loop
+    from loomray.data import DatasetError
+    from loomray.paths import file_to_write
+
+    if steps < 1 or warmup < 0:
+        fail(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    if out:
+        _path_or_fail(file_to_write, out, "--out")
+    profile_dir = _profile_folder(profile) if profile else None
+    chosen = [m.strip() for m in modes.split(",") if m.strip()] if modes else list(MODES)
+    unknown = [m for m in chosen if m not in MODES]
+    if unknown or not chosen:
+        fail(f"unknown --modes {', '.join(unknown) or '(none)'}; use {', '.join(MODES)}")
+    extra = list(overrides or [])
+    if batch_per_rank is not None:
+        extra += [f"train.batch={batch_per_rank}", "train.workers=1"]
+    cfg = _config_or_fail(config, extra)
+    dev = _device_or_fail(device)
+    try:
+        with console.status(f"{cfg.name} on {dev}: {warmup} + {steps} steps per mode..."):
+            runs = bench_loop(cfg, dev, steps, warmup, chosen, 10 if profile_dir else 0)
+    except DatasetError as err:
+        fail(str(err))
+    table = _loop_table(cfg, dev, steps, runs)
+    console.print(table)
+    if out:
+        rows = [
+            {**{k: v for k, v in r.__dict__.items() if k != "profile"},
+             "device": _device_name(dev), "batch": cfg.train.batch}
+            for r in runs
+        ]
+        Path(out).write_text(json.dumps(rows, indent=2))
+    if profile_dir:
+        _write_profiles(runs, profile_dir, str(table.title))
+
+
+def _device_or_fail(device: str | None) -> str:
+    import torch
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dev not in ("cuda", "cpu") or (dev == "cuda" and not torch.cuda.is_available()):
+        fail(f"--device must be cpu or cuda (with a GPU), got {dev}")
+    return dev
+
+
+def _device_name(dev: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if dev == "cuda" else "CPU"
+
+
+def _profile_folder(path: str) -> Path:
+    """The --profile folder, made now: a bad one fails before minutes of benchmark."""
+    from loomray.paths import folder_to_write
+
+    folder = _path_or_fail(folder_to_write, path, "--profile")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail(f"--profile {path} cannot be made: {err.strerror or err}")
+    return folder
+
+
+def _loop_table(cfg, dev: str, steps: int, runs) -> Table:
+    if cfg.train.graph:
+        compiled = ", CUDA graphs" if dev == "cuda" else ", torch.compile (reduce-overhead)"
+    else:
+        compiled = ", torch.compile" if cfg.train.compile else ""
+    table = Table(
+        title=f"{cfg.name} on {_device_name(dev)}, batch {cfg.train.batch}, {steps} timed "
+        f"steps{compiled}"
+    )
+    for col in ("noise", "precision", "steps/s", "images/s", "blocked on noise", "vs independent"):
+        table.add_column(col, justify="right")
+    base = next((r.steps_per_s for r in runs if r.mode == "independent"), runs[0].steps_per_s)
+    for r in runs:
+        table.add_row(
+            r.mode.removesuffix("-fp32"),
+            "bf16" if r.bf16 else "fp32",
+            f"{r.steps_per_s:.2f}",
+            f"{r.steps_per_s * cfg.train.batch:.0f}",
+            "in the step" if r.mode == "loom-inline" else f"{r.wait_ms:.2f} ms",
+            f"{r.steps_per_s / base:.3f}",
+        )
+    return table
+
+
+def _write_profiles(runs, folder: Path, title: str) -> None:
+    """Each mode's profile as a summary (JSON) and the operator tables (text)."""
+    for r in runs:
+        p = r.profile
+        summary = {k: v for k, v in p.__dict__.items() if k != "table"}
+        (folder / f"{r.mode}.json").write_text(json.dumps({"title": title, **summary}, indent=2))
+        (folder / f"{r.mode}.txt").write_text(f"{title}: {r.mode}, {p.steps} steps\n{p.table}")
+        console.print(
+            f"{r.mode}: {p.wall_ms:.1f} ms per profiled step; device {p.device_ms:.1f} ms, "
+            f"host {p.cpu_ms:.1f} ms ({sum(p.blocking.values()):.1f} in CUDA calls that can "
+            f"wait), {p.launches:.0f} launches per step",
+            markup=False,
+        )
+    console.print(f"wrote the profiles to {folder}", markup=False)

@@ -547,6 +547,10 @@ def _applies() -> dict[str, tuple[Any, Any]]:
     image = (lambda c: c.data.name != "toy2d", lambda c: "toy2d data is 2-D points")
     return {
         **{f"model.{k}": unet for k in _UNET},
+        "train.channels_last": (
+            lambda c: c.model.kind == "unet",
+            lambda c: "it lays out a UNet's convolutions and model.kind is mlp",
+        ),
         **{f"model.{k}": mlp for k in ("hidden", "layers")},
         **{f"data.{k}": toy for k in ("toy", "toy_points")},
         **{f"data.{k}": image for k in ("resolution", "channels", "flip")},

@@ -61,7 +61,13 @@ class EMA(nn.Module):
         UNet's modules for them costs the host more than the update's kernel."""
 
     def _pairs_of(self, model: nn.Module) -> tuple:
-        if not self._pairs or self._pairs[0] is not model:
+        # Rebuilt for another model, or one whose parameters were replaced (not copied
+        # into, as load_state_dict does): the first parameter tells, walking one module.
+        if (
+            not self._pairs
+            or self._pairs[0] is not model
+            or next(iter(self._pairs[1]), None) is not next(model.parameters(), None)
+        ):
             ema, new = list(self.model.parameters()), list(model.parameters())
             if len(ema) != len(new):
                 raise ValueError(f"EMA holds {len(ema)} parameters, the model {len(new)}")

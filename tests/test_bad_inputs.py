@@ -171,6 +171,8 @@ CASES = [
     ("evaluate --ckpt {tmp}/toy.pt --fid-weights {tmp}/folder.pth", "is a folder, not a file"),
     ("evaluate --ckpt {tmp}/toy.pt --fid-weights {tmp}/none.pth", "none.pth does not exist"),
     ("bench loop --config toy2d --out {tmp}/occupied", "--out {tmp}/occupied is a folder"),
+    ("bench loop --config toy2d --device tpu", "--device must be cpu or cuda"),
+    ("bench loop --config toy2d --profile {tmp}/afile", "--profile {tmp}/afile is a file"),
     ("bench quality --config toy2d --out {tmp}/afile", "--out {tmp}/afile is a file, not a folder"),
     ("table {tmp}/afile", "is not a readable Parquet file"),
     # a cluster nothing answers at: one sentence in seconds, not minutes of retries

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from loomray.bench.loop import ThreadedNoise, bench_loop
@@ -82,3 +83,37 @@ def test_bench_loop_profiles_each_mode(tmp_path):
         assert summary["steps"] == 10 and summary["wall_ms"] > 0 and summary["cpu_ms"] > 0
         assert summary["device_ms"] == 0 and summary["top"]  # a CPU: no device time
         assert "Self CPU" in (out / f"{mode}.txt").read_text()
+
+
+def test_profile_summary_counts_each_kernel_once():
+    """On a GPU a host operator carries the time of the kernels it launched and an
+    annotation's range spans them: device time is the kernels' alone."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from loomray.bench.profile import summarize
+
+    def event(key, device, cpu_us=0.0, device_us=0.0, count=1, note=False):
+        return SimpleNamespace(
+            key=key, device_type=device, is_user_annotation=note, count=count,
+            self_cpu_time_total=cpu_us, self_device_time_total=device_us,
+        )
+
+    cpu, gpu = DeviceType.CPU, DeviceType.CUDA
+    events = [
+        event("aten::copy_", cpu, cpu_us=300.0, device_us=4000.0, count=20),
+        event("elementwise_kernel", gpu, device_us=4000.0, count=20),
+        event("## Call CompiledFxGraph abc ##", gpu, device_us=9000.0, count=2, note=True),
+        event("triton_fused_conv", gpu, device_us=6000.0, count=2),
+        event("cudaLaunchKernel", cpu, cpu_us=200.0, count=40),
+        event("cudaGraphLaunch", cpu, cpu_us=20.0, count=2),
+        event("cudaDeviceSynchronize", cpu, cpu_us=500.0, count=1),
+    ]
+    p = summarize(events, steps=2, wall_s=0.02, cuda=True, mode="independent", table="")
+    assert p.wall_ms == pytest.approx(10.0)
+    assert p.device_ms == pytest.approx(5.0)  # (4000 + 6000) us over 2 steps
+    assert p.cpu_ms == pytest.approx(0.51) and p.launches == 21
+    assert p.blocking == {"cudaDeviceSynchronize": pytest.approx(0.25)}
+    assert [k for k, _ in p.top] == ["triton_fused_conv", "elementwise_kernel"]
+    assert [v for _, v in p.top] == pytest.approx([3.0, 2.0])

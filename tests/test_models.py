@@ -101,5 +101,11 @@ def test_ema_follows_the_model_across_updates_and_conversions():
     before = ema.model[0].weight.clone()
     ema.update(other)  # another model: its own parameters, not the first one's
     assert torch.allclose(ema.model[0].weight, (before + other[0].weight.detach()) / 2)
+    with torch.no_grad():  # parameters replaced, not copied into: followed too
+        other[0].weight = torch.nn.Parameter(other[0].weight + 1.0)
+        other[0].bias = torch.nn.Parameter(other[0].bias + 1.0)
+    before = ema.model[0].weight.clone()
+    ema.update(other)
+    assert torch.allclose(ema.model[0].weight, (before + other[0].weight.detach()) / 2)
     with pytest.raises(ValueError, match="EMA holds 4 parameters, the model 2"):
         ema.update(torch.nn.Linear(3, 3))

@@ -70,3 +70,14 @@ def test_local_ray_starts_without_dashboard_when_asked(monkeypatch, value, wante
     assert seen["include_dashboard"] is wanted
     assert seen["dashboard_host"] == "127.0.0.1"
     assert (url is not None) is wanted
+
+
+def test_a_bad_dashboard_setting_is_one_sentence(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        ["train", "--config", "toy2d", "--run-dir", str(tmp_path / "run")],
+        env={"LOOMRAY_DASHBOARD": "maybe"},
+    )
+    assert result.exit_code == 2, result.output
+    assert "LOOMRAY_DASHBOARD must be 1 or 0" in result.output and "'maybe'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from loomray.bench.profile import LoopProfile, profile_steps
 from loomray.config import Config
 from loomray.coupling import Coupling, make_coupling, step_rng
 from loomray.data import BatchPlan, build_dataset
@@ -61,81 +62,6 @@ class LoopBenchRun:
     """Set when asked for: the profile of steps after the timed ones."""
 
 
-@dataclass
-class LoopProfile:
-    """Where ``steps`` steps of one mode spend their time (torch.profiler)."""
-
-    mode: str
-    steps: int
-    wall_ms: float
-    """Wall time per step, device synchronised at the end."""
-    cpu_ms: float
-    """Host time per step in PyTorch's operators and the CUDA runtime (self time)."""
-    device_ms: float
-    """Time per step of the GPU's kernels and copies (0 on a CPU; kernel tracing slows
-    short kernels, so it can exceed an unprofiled step's wall time)."""
-    launches: float
-    """Kernel and graph launches per step."""
-    blocking: dict[str, float]
-    """Host ms per step in CUDA runtime calls that can wait for the device or stall it
-    (synchronisations, allocations of device or pinned memory, blocking copies)."""
-    top: list[tuple[str, float]]
-    """The costliest operators or kernels: (name, self ms per step), device time on a GPU."""
-    table: str
-    """torch.profiler's tables of them, for the record: by device time (on a GPU) and
-    by host time (what a launch-bound step spends its CPU on)."""
-
-
-BLOCKING = ("Synchronize", "cudaMalloc", "cudaFree", "cudaHostAlloc", "cudaHostRegister",
-            "cudaMemcpy", "cudaStreamWaitEvent")
-"""Parts of the names of CUDA runtime calls that can make the host wait (cudaMemcpyAsync
-too: from pageable memory it blocks)."""
-LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch",
-            "cuLaunchKernelEx")
-
-
-def profile_steps(
-    cfg: Config, state, dataset, plan, noise, device: torch.device, steps: int, mode: str
-) -> LoopProfile:
-    """Profile the next ``steps`` steps of a warmed-up loop (CPU, and CUDA on a GPU)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    start = state.step
-    with profile(activities=activities) as prof:
-        began = time.perf_counter()
-        train_steps(cfg, state, dataset, plan, noise, start + steps, device)
-        sync()
-        wall = time.perf_counter() - began
-    events = prof.key_averages()
-    # Device time of kernels and copies; the ranges of user annotations on the device
-    # (a compiled graph's call, the optimizer's step) span them and would count twice.
-    kernels = [e for e in events if cuda and not getattr(e, "is_user_annotation", False)]
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    ranked = sorted(events, key=lambda e: getattr(e, key), reverse=True)
-    per_step = 1e-3 / steps  # profiler times are microseconds
-    return LoopProfile(
-        mode,
-        steps,
-        1e3 * wall / steps,
-        per_step * sum(e.self_cpu_time_total for e in events),
-        per_step * sum(e.self_device_time_total for e in kernels),
-        sum(e.count for e in events if e.key in LAUNCHES) / steps,
-        {
-            e.key: per_step * e.self_cpu_time_total
-            for e in events
-            if any(part in e.key for part in BLOCKING) and e.self_cpu_time_total > 0
-        },
-        [(e.key, per_step * getattr(e, key)) for e in ranked[:15]],
-        "\n\n".join(
-            events.table(sort_by=k, row_limit=30)
-            for k in dict.fromkeys([key, "self_cpu_time_total"])
-        ),
-    )
-
-
 def _run(
     cfg: Config, mode: str, device: torch.device, steps: int, warmup: int, profile: int = 0
 ) -> LoopBenchRun:
@@ -163,7 +89,11 @@ def _run(
     seconds = time.perf_counter() - start
     profiled = None
     if profile:
-        profiled = profile_steps(cfg, state, dataset, plan, noise, device, profile, mode)
+
+        def more(n: int) -> None:
+            train_steps(cfg, state, dataset, plan, noise, state.step + n, device)
+
+        profiled = profile_steps(more, profile, device, mode)
     if isinstance(noise, ThreadedNoise):
         noise.close()
     return LoopBenchRun(

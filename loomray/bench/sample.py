@@ -1,10 +1,10 @@
 """`loomray bench sample`: images/s of each sampler on a checkpoint's EMA model.
 
-Sampling as evaluation does it (the fixed evaluation noise in ``eval.batch``
-batches, no grad, bf16 autocast on CUDA when the config trains in bf16, a
-latent model's samples decoded), timed per sampler with the device synchronised
-around each one; one batch of the first sampler runs untimed first (kernel
-selection, allocator). No FID: the figure is the sampler's speed alone.
+Sampling as `loomray evaluate` does it (the fixed evaluation noise in
+``eval.batch`` batches, no grad, bf16 autocast on CUDA when the config trains in
+bf16, a latent model's samples decoded), timed per sampler with the device
+synchronised around each one; one batch of each batch size runs untimed first
+(kernel selection, allocator). No FID: the figure is the sampler's speed alone.
 """
 
 from __future__ import annotations
@@ -61,11 +61,12 @@ def bench_sample(
         z = torch.from_numpy(noise_from_seeds(seeds, cfg.sample_shape)).to(device)
         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             result = sample(model, z, method, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
-            if decode is not None:
-                decode(result.x)
+        if decode is not None:  # outside autocast, as evaluation decodes
+            decode(result.x)
         return result.nfe
 
-    run(methods[0], *batches[0])  # untimed: kernel selection, allocator
+    for size in {hi - lo: (lo, hi) for lo, hi in batches}.values():
+        run(methods[0], *size)  # untimed, each batch shape: kernel selection, allocator
     rows = []
     for method in methods:
         sync()

@@ -152,6 +152,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 NO = ("0", "false", "no", "off")
+YES = ("", "1", "true", "yes", "on")
 
 
 def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
@@ -209,6 +210,7 @@ def connect(
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR
     )
+    dashboard = dashboard_wanted()  # a bad setting fails even when Ray is up
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
@@ -217,7 +219,7 @@ def connect(
     runtime_env = {"env_vars": driver_settings()}
     if address is None:
         info = ray.init(
-            include_dashboard=dashboard_wanted(),
+            include_dashboard=dashboard,
             dashboard_host=dashboard_host,
             runtime_env=runtime_env,
             log_to_driver=not quiet,
@@ -236,9 +238,15 @@ _DASHBOARD: dict[str, str | None] = {}
 
 
 def dashboard_wanted() -> bool:
-    """Whether a local Ray starts its dashboard: yes unless ``LOOMRAY_DASHBOARD`` is
-    0, false, no or off."""
-    return os.environ.get("LOOMRAY_DASHBOARD", "1").strip().lower() not in NO
+    """Whether a local Ray starts its dashboard: ``LOOMRAY_DASHBOARD`` 1, true, yes, on
+    or unset (the default), or 0, false, no, off; LaunchError for anything else."""
+    value = os.environ.get("LOOMRAY_DASHBOARD", "").strip().lower()
+    if value not in (*YES, *NO):
+        raise LaunchError(
+            f"LOOMRAY_DASHBOARD must be 1 or 0 (true/false, yes/no, on/off), got "
+            f"{os.environ['LOOMRAY_DASHBOARD']!r}"
+        )
+    return value not in NO
 
 
 def check_resources(cfg: Config) -> None:
