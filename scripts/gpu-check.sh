@@ -11,12 +11,13 @@
 # scores are not (the weights cannot be downloaded there). SMOKE=1 runs every stage
 # on the CPU with a small UNet and few steps, to check the script itself; ONLY=REGEX
 # runs only the stages whose names match (a rerun of the ones that failed).
-set -u
+set -uf  # -f: the [1,2] of an override is never a glob
 out=${1:?usage: scripts/gpu-check.sh OUT_DIR [SECONDS]}
 budget=${2:-500}
 py=${PYTHON:-python3}
 work=$(mktemp -d /tmp/gpu-check.XXXX)
 mkdir -p "$out"
+out=$(cd "$out" && pwd)  # absolute: the archive is written from inside the work folder
 export PYTHONUNBUFFERED=1 LOOMRAY_DASHBOARD=0 COLUMNS=150 RAY_USAGE_STATS_ENABLED=0
 export LOOMRAY_CACHE=$work/cache LOOMRAY_FID_WEIGHTS=$work/inception-random.pth
 t0=$(date +%s)
@@ -94,6 +95,8 @@ for suffix in ("", "-graph"):
         print(f"loom{suffix} / independent{suffix}: {ratio:.3f}")
 EOF
 }
+# Ray left behind by a stage that ran out of time would hold the GPU's memory.
+ray_stop() { "$py" -m ray.scripts.scripts stop --force > /dev/null 2>&1 || true; }
 export -f loomray loop train windows
 
 stage env 60 bash -c "nvidia-smi; nproc; free -g; $py -c 'import torch, ray; \
@@ -131,16 +134,22 @@ stage loop-b128-eager 100 loop --modes independent,loom-overlap,independent-fp32
   --out "$work/loop-b128-eager.json" --profile "$work/profile-b128-eager"
 # 2. The real path with CUDA graphs, LOOM then independent.
 stage train-loom-graph 150 train loom-graph coupling.kind=loom train.graph=true
+ray_stop
 stage train-independent-graph 120 train independent-graph coupling.kind=independent \
   train.graph=true
+ray_stop
 stage windows-graph 30 windows
 # 3. The samplers on the LOOM model.
-stage sample 120 loomray bench sample --ckpt "$work/runs/loom-graph" --n "$n" \
+run=$work/runs/loom-graph
+[[ -d $run ]] || run=$work/runs/loom
+stage sample 120 loomray bench sample --ckpt "$run" --n "$n" \
   --batch 1024 --methods euler-1,euler-2,midpoint-2,midpoint-4,rk4-8,dopri5 \
   --out "$work/sample.json"
 # 4. If time is left: the eager real path, and the channels-first eager step.
 stage train-loom 150 train loom coupling.kind=loom
+ray_stop
 stage train-independent 120 train independent coupling.kind=independent
+ray_stop
 stage windows 30 windows
 stage loop-b128-nchw 60 loop --modes independent train.channels_last=false \
   --out "$work/loop-b128-nchw.json"
