@@ -122,6 +122,36 @@ def scaling(runs, counts: list[int]) -> list[tuple[int, float, float]]:
     return [(w, median(w), median(counts[0]) / median(w)) for w in counts]
 
 
+def _device_or_fail(device: str | None) -> str:
+    """A --device: cpu, or cuda (cuda:N) on a machine with that GPU; default cuda when
+    there is one."""
+    import torch
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(dev)
+    except RuntimeError:
+        parsed = None
+    usable = parsed is not None and (
+        parsed.type == "cpu"
+        or (
+            parsed.type == "cuda"
+            and torch.cuda.is_available()
+            and (parsed.index or 0) < torch.cuda.device_count()
+        )
+    )
+    if not usable:
+        fail(f"--device must be cpu or cuda (with a GPU), got {dev}")
+    return dev
+
+
+def _device_name(dev: str) -> str:
+    import torch
+
+    device = torch.device(dev)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
 def _config_or_fail(config: str, overrides: list[str]):
     from loomray.config import ConfigError, load_config
 
@@ -607,7 +637,6 @@ def evaluate_cmd(
     ),
 ) -> None:
     """FID (or energy distance for toy2d) and actual NFE per sampler for a checkpoint."""
-    import torch
 
     from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint, run_dir_of
     from loomray.data import DatasetError
@@ -619,7 +648,7 @@ def evaluate_cmd(
         _path_or_fail(file_to_read, fid_weights, "--fid-weights")
     if workers < 1:
         fail(f"--workers must be at least 1, got {workers}")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = _device_or_fail(device)
     try:
         payload = load_checkpoint(ckpt)
         cfg, model = ema_model_of(payload)

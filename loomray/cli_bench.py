@@ -9,7 +9,15 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from loomray.cli import _config_or_fail, _path_or_fail, bench_app, console, fail
+from loomray.cli import (
+    _config_or_fail,
+    _device_name,
+    _device_or_fail,
+    _path_or_fail,
+    bench_app,
+    console,
+    fail,
+)
 
 
 @bench_app.command("sample")
@@ -130,21 +138,6 @@ def bench_loop_cmd(
         Path(out).write_text(json.dumps(rows, indent=2))
     if profile_dir:
         _write_profiles(runs, profile_dir, str(table.title))
-
-
-def _device_or_fail(device: str | None) -> str:
-    import torch
-
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dev not in ("cuda", "cpu") or (dev == "cuda" and not torch.cuda.is_available()):
-        fail(f"--device must be cpu or cuda (with a GPU), got {dev}")
-    return dev
-
-
-def _device_name(dev: str) -> str:
-    import torch
-
-    return torch.cuda.get_device_name() if dev == "cuda" else "CPU"
 
 
 def _profile_folder(path: str) -> Path:

@@ -33,7 +33,7 @@ from torch import nn
 from loomray.config import Config
 from loomray.coupling import noise_from_seeds
 from loomray.fid import FeatureSums, extract_features, frechet_distance
-from loomray.sampling import parse_method, sample
+from loomray.sampling import SampleResult, parse_method, sample
 
 WEIGHTS_ENV = "LOOMRAY_FID_WEIGHTS"
 PAPER_WEIGHTS_ENV = "LOOMRAY_PAPER_FID_WEIGHTS"  # torchvision's Inception, for protocol paper
@@ -468,6 +468,20 @@ def eval_batches(n: int, batch: int, rank: int = 0, world: int = 1) -> list[tupl
     return ranges[rank::world]
 
 
+def eval_noise(cfg: Config, lo: int, hi: int, device: str | torch.device) -> torch.Tensor:
+    """The fixed evaluation noise of samples ``lo..hi-1`` (the same on every worker)."""
+    seeds = np.arange(lo, hi) + EVAL_SEED_OFFSET
+    return torch.from_numpy(noise_from_seeds(seeds, cfg.sample_shape)).to(device)
+
+
+def sample_eval(model: nn.Module, cfg: Config, z: torch.Tensor, method: str) -> SampleResult:
+    """One sampler from ``z`` as evaluation runs it: no grad, bf16 autocast on CUDA when
+    the config trains in bf16 (the solver's state stays float32)."""
+    bf16 = z.device.type == "cuda" and cfg.train.bf16
+    with torch.no_grad(), torch.autocast(z.device.type, torch.bfloat16, enabled=bf16):
+        return sample(model, z, method, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
+
+
 def sample_shares(
     model: nn.Module,
     cfg: Config,
@@ -485,7 +499,6 @@ def sample_shares(
         parse_method(m)
     device = torch.device(device)
     model = model.to(device).eval()
-    bf16 = device.type == "cuda" and cfg.train.bf16
     parts = {m: MethodShare(None, 0, 0.0, 0.0) for m in methods}
     ranges = eval_batches(n, cfg.eval.batch, rank, world)
     from loomray.latents.decode import output_decoder
@@ -493,12 +506,10 @@ def sample_shares(
     decode = output_decoder(cfg, device)  # a latent model's samples become images
     total, done = sum(hi - lo for lo, hi in ranges), 0
     for lo, hi in ranges:
-        seeds = np.arange(lo, hi) + EVAL_SEED_OFFSET
-        z = torch.from_numpy(noise_from_seeds(seeds, cfg.sample_shape)).to(device)
+        z = eval_noise(cfg, lo, hi, device)
         for method in methods:
             start = time.perf_counter()
-            with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                result = sample(model, z, method, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
+            result = sample_eval(model, cfg, z, method)
             part = parts[method]
             images = result.x.float() if decode is None else decode(result.x)
             share = evaluator.share(images.float(), lo)

@@ -129,6 +129,7 @@ CASES = [
     ("evaluate --ckpt {tmp}/toy.pt --ref valid", "--ref must be train or test"),
     ("evaluate --ckpt {tmp}/toy.pt --n 1", "--n must be at least 2"),
     ("evaluate --ckpt {tmp}/toy.pt --methods rk45", "unknown sampler 'rk45'"),
+    ("evaluate --ckpt {tmp}/toy.pt --device tpu", "--device must be cpu or cuda"),
     ("bench coupling --caches 0", "--caches must be"),
     ("bench sample --ckpt {tmp}/toy.pt --n 0", "--n must be at least 1"),
     ("bench sample --ckpt {tmp}/toy.pt --batch 0", "--batch must be at least 1"),

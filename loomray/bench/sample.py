@@ -13,14 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from loomray.config import Config
-from loomray.coupling import noise_from_seeds
-from loomray.evaluate import EVAL_SEED_OFFSET, eval_batches
-from loomray.sampling import parse_method, sample
+from loomray.evaluate import eval_batches, eval_noise, sample_eval
+from loomray.sampling import parse_method
 
 
 @dataclass
@@ -51,16 +49,12 @@ def bench_sample(
         parse_method(m)
     device = torch.device(device)
     model = model.to(device).eval()
-    bf16 = device.type == "cuda" and cfg.train.bf16
     decode = output_decoder(cfg, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     batches = eval_batches(n, cfg.eval.batch)
 
     def run(method: str, lo: int, hi: int) -> int:
-        seeds = np.arange(lo, hi) + EVAL_SEED_OFFSET
-        z = torch.from_numpy(noise_from_seeds(seeds, cfg.sample_shape)).to(device)
-        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            result = sample(model, z, method, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
+        result = sample_eval(model, cfg, eval_noise(cfg, lo, hi, device), method)
         if decode is not None:  # outside autocast, as evaluation decodes
             decode(result.x)
         return result.nfe
