@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from loomray.bench.quality import KINDS  # the same three couplings, side by side
 from loomray.checkpoint import load_checkpoint, save_checkpoint
 from loomray.config import Config
 from loomray.evaluate import evaluate_model, make_evaluator
@@ -30,7 +31,6 @@ from loomray.reflow.chain import reflow_config, reflow_preset
 from loomray.reflow.generate import generate_pairs, plan_pairs
 from loomray.train.loop import train_local
 
-KINDS = ("independent", "minibatch-ot", "loom")
 METHODS = ("euler-1", "euler-2", "midpoint-1")
 
 
