@@ -109,3 +109,35 @@ def test_ema_follows_the_model_across_updates_and_conversions():
     assert torch.allclose(ema.model[0].weight, (before + other[0].weight.detach()) / 2)
     with pytest.raises(ValueError, match="EMA holds 4 parameters, the model 2"):
         ema.update(torch.nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_reaches_a_fused_kernel(monkeypatch, channels_last):
+    """q, k and v have the head dimension at stride 1, so the fused attention kernels
+    take them; otherwise a GPU runs the math path (bf16 attention as fp32 products)."""
+    from torch.nn import functional as F
+    from torch.nn.attention import SDPBackend
+
+    from loomray.models import unet
+
+    seen, attend = [], F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append(torch._fused_sdp_choice(q, k, v))
+        return attend(q, k, v, *args, **kwargs)
+
+    block = unet.AttentionBlock(channels=128, head_channels=64)
+    x = torch.randn(2, 128, 8, 8)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(unet.F, "scaled_dot_product_attention", spy)
+    y = block(x)
+    assert seen and all(choice != SDPBackend.MATH.value for choice in seen), seen
+    assert y.shape == x.shape
+    # the same block written as the ADM reference: 1x1 convolutions, heads after q/k/v
+    h = block.qkv(block.norm(x).reshape(2, 128, -1))
+    q, k, v = h.reshape(2, 3, 2, 64, -1).unbind(1)
+    a = torch.softmax(q.transpose(-1, -2) @ k / 8.0, dim=-1) @ v.transpose(-1, -2)
+    with torch.no_grad():
+        ref = x + block.proj(a.transpose(-1, -2).reshape(2, 128, -1)).reshape(x.shape)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)

@@ -59,14 +59,20 @@ class AttentionBlock(nn.Module):
         self.proj = _zero(nn.Conv1d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Tokens last-dim contiguous ([B, L, C]) so that q, k and v reach attention with
+        # the head dimension at stride 1: the fused kernels (flash, memory-efficient)
+        # require it, and without them a GPU falls back to the math path, which runs
+        # bf16 attention as fp32 matrix products. The 1x1 convolutions are applied as
+        # the same matrix products (their weights keep the checkpoint's shapes).
         b, c, hgt, wid = x.shape
-        qkv = self.qkv(self.norm(x).reshape(b, c, -1))  # [B, 3C, L]
-        q, k, v = qkv.reshape(b, 3, self.heads, c // self.heads, -1).unbind(1)
-        out = F.scaled_dot_product_attention(
-            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
-        )  # [B, heads, L, d]
-        out = out.transpose(-1, -2).reshape(b, c, -1)
-        return x + self.proj(out).reshape(b, c, hgt, wid)
+        tokens = self.norm(x).reshape(b, c, -1).transpose(1, 2)  # [B, L, C]
+        qkv = F.linear(tokens, self.qkv.weight[..., 0], self.qkv.bias)  # [B, L, 3C]
+        q, k, v = qkv.reshape(b, -1, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, d]
+        out = F.linear(
+            out.transpose(1, 2).reshape(b, -1, c), self.proj.weight[..., 0], self.proj.bias
+        )
+        return x + out.transpose(1, 2).reshape(b, c, hgt, wid)
 
 
 class Downsample(nn.Module):
