@@ -29,6 +29,7 @@ from loomray.coupling import AssignmentTable, Coupling, CouplingStats, make_coup
 from loomray.data import BatchPlan, RowDataset, build_dataset, iterate_batches
 from loomray.flow import EMA, cfm_loss, warmup_constant
 from loomray.models import build_model
+from loomray.train.determinism import kernels_for
 
 
 def torch_seed(seed: int, step: int, rank: int) -> int:
@@ -110,6 +111,7 @@ class TrainState:
 
 
 def build_state(cfg: Config, device: torch.device) -> TrainState:
+    kernels_for(cfg.train.deterministic, device)  # before any kernel runs on the device
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(device)
     if device.type == "cuda" and cfg.model.kind == "unet" and cfg.train.channels_last:
