@@ -24,13 +24,13 @@ t0=$(date +%s)
 summary=$out/summary.txt
 : > "$summary"
 
-steps=100 warmup=10 train_steps=300 log_every=25 n=4096 gpus=--gpus small=()
+steps=100 warmup=10 train_steps=300 log_every=25 n=4096 gpus=--gpus device=cuda small=()
 if [[ ${SMOKE:-0} == 1 ]]; then
-  steps=3 warmup=1 train_steps=20 log_every=5 n=64 gpus=--cpu
+  steps=3 warmup=1 train_steps=20 log_every=5 n=64 gpus=--cpu device=cpu
   small=(model.channels=32 "model.channel_mult=[1,2]" train.batch=16 train.cpus_per_worker=1
     coupling.service_cpus=0 data.loader_workers=0 data.limit=256 eval.n=64)
 fi
-export py work steps warmup train_steps log_every gpus
+export py work steps warmup train_steps log_every gpus device
 export SMALL="${small[*]}"
 
 note() { echo "$*" | tee -a "$summary"; }
@@ -95,9 +95,30 @@ for suffix in ("", "-graph"):
         print(f"loom{suffix} / independent{suffix}: {ratio:.3f}")
 EOF
 }
+# Determinism: the same 30 steps (cifar10 UNet, per-rank batch 32) trained twice in
+# one process; bit-identical weights or the largest difference.
+repeat() {
+  # shellcheck disable=SC2086
+  "$py" - "$device" "${1:-train.deterministic=true}" $SMALL << 'EOF'
+import sys, torch
+from loomray.config import load_config
+from loomray.train.loop import train_local
+device, overrides = sys.argv[1], sys.argv[2:]
+base = ["data.name=synthetic", "data.limit=2048", "data.loader_workers=0", "train.workers=1",
+        "train.batch=32", "train.warmup=0"]
+def weights():
+    cfg = load_config("cifar10", base + overrides)
+    return train_local(cfg, device, steps=30).state.model.state_dict()
+a, b = weights(), weights()
+same = all(torch.equal(a[k], b[k]) for k in a)
+gap = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+print(f"{overrides[0]}: two 30-step runs on "
+      f"{device} {'are bit-identical' if same else 'differ'} (largest weight difference {gap:.3g})")
+EOF
+}
 # Ray left behind by a stage that ran out of time would hold the GPU's memory.
 ray_stop() { "$py" -m ray.scripts.scripts stop --force > /dev/null 2>&1 || true; }
-export -f loomray loop train windows
+export -f loomray loop train windows repeat
 
 stage env 60 bash -c "nvidia-smi; nproc; free -g; $py -c 'import torch, ray; \
 print(torch.__version__, torch.version.cuda, ray.__version__, torch.cuda.is_available() \
@@ -118,20 +139,21 @@ for m in model.modules():
 torch.save(model.state_dict(), sys.argv[1])
 EOF
 
+# 0. Deterministic kernels (the default) on this GPU: does every kernel of the step
+#    have a deterministic version, do two runs agree, and without them?
+stage repeat-deterministic 60 repeat
+stage repeat-fast 60 repeat train.deterministic=false
 # 1. The step at the paper's 4-GPU shape (per-rank batch 32) and at batch 128, eager
-#    and with CUDA graphs, each with a profile of 10 more steps.
+#    and with CUDA graphs, each with a profile of 10 more steps; the default kernels
+#    are deterministic (train.deterministic), the -fast stages take the fastest ones.
 stage loop-b32-eager 90 loop --batch-per-rank 32 --modes independent,loom-overlap \
   --out "$work/loop-b32-eager.json" --profile "$work/profile-b32-eager"
 stage loop-b32-graph 200 loop --batch-per-rank 32 --modes independent,loom-overlap \
   train.graph=true --out "$work/loop-b32-graph.json" --profile "$work/profile-b32-graph"
+stage loop-b32-graph-fast 150 loop --batch-per-rank 32 --modes independent train.graph=true \
+  train.deterministic=false --out "$work/loop-b32-graph-fast.json"
 stage loop-b128-graph 200 loop --modes independent,loom-overlap train.graph=true \
   --out "$work/loop-b128-graph.json" --profile "$work/profile-b128-graph"
-# the graph step with the layout left to the compiler (channels-first weights and inputs)
-stage loop-b128-graph-nchw 200 loop --modes independent train.graph=true \
-  train.channels_last=false --out "$work/loop-b128-graph-nchw.json" \
-  --profile "$work/profile-b128-graph-nchw"
-stage loop-b128-eager 100 loop --modes independent,loom-overlap,independent-fp32 \
-  --out "$work/loop-b128-eager.json" --profile "$work/profile-b128-eager"
 # 2. The real path with CUDA graphs, LOOM then independent.
 stage train-loom-graph 150 train loom-graph coupling.kind=loom train.graph=true
 ray_stop
@@ -145,12 +167,18 @@ run=$work/runs/loom-graph
 stage sample 120 loomray bench sample --ckpt "$run" --n "$n" \
   --batch 1024 --methods euler-1,euler-2,midpoint-2,midpoint-4,rk4-8,dopri5 \
   --out "$work/sample.json"
-# 4. If time is left: the eager real path, and the channels-first eager step.
+# 4. If time is left: the fastest kernels at 128, the layout left to the compiler
+#    (channels-first weights and inputs), the eager step and the eager real path.
+stage loop-b128-graph-fast 150 loop --modes independent train.graph=true \
+  train.deterministic=false --out "$work/loop-b128-graph-fast.json"
+stage loop-b128-graph-nchw 200 loop --modes independent train.graph=true \
+  train.channels_last=false --out "$work/loop-b128-graph-nchw.json" \
+  --profile "$work/profile-b128-graph-nchw"
+stage loop-b128-eager 100 loop --modes independent,loom-overlap,independent-fp32 \
+  --out "$work/loop-b128-eager.json" --profile "$work/profile-b128-eager"
 stage train-loom 150 train loom coupling.kind=loom
 ray_stop
 stage train-independent 120 train independent coupling.kind=independent
 ray_stop
 stage windows 30 windows
-stage loop-b128-nchw 60 loop --modes independent train.channels_last=false \
-  --out "$work/loop-b128-nchw.json"
 note "=== done at $(($(date +%s) - t0)) s"
