@@ -29,9 +29,13 @@ def _flags():
 def flags(monkeypatch):
     """The process's flags as they were, put back after the test."""
     before = _flags()
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    # recorded by monkeypatch (a plain delenv of an unset variable is not), so that
+    # what the test sets is removed again
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     yield before
-    torch.use_deterministic_algorithms(before["algorithms"])
+    torch.use_deterministic_algorithms(before["algorithms"], warn_only=warn_only)
     torch.utils.deterministic.fill_uninitialized_memory = before["fill"]
     torch.backends.cudnn.deterministic = before["cudnn"]
     torch.backends.cudnn.benchmark = before["benchmark"]
