@@ -149,9 +149,10 @@ class TrainConfig:
     replay as one launch. Needs a fixed batch per rank (loomray's always is)."""
     deterministic: bool = True
     """Deterministic kernels on GPUs (torch's deterministic algorithms, cuDNN without
-    timing, a fixed cuBLAS workspace): a run and its replay after a fault give the same
-    weights bit for bit, as on the CPU. false takes the fastest kernels, some of which
-    add with atomics in any order. Ignored on CPU."""
+    timing, a fixed cuBLAS workspace), which an exact replay after a fault needs there:
+    without them two runs of one config part in the last bits from the first step.
+    false takes the fastest kernels, some of which add with atomics in any order.
+    Ignored on CPU."""
     max_failures: int = 3
     """Worker-group restarts (from the latest checkpoint) before the run fails."""
     log_every: int = 50

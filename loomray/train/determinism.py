@@ -15,6 +15,12 @@ cuDNN's deterministic algorithms without timing, a cuBLAS workspace that makes
 cuBLAS reproducible, and no timing-driven choice in the compiler. It costs some
 speed (docs/results.md); ``train.deterministic=false`` trades exact replays for
 it.
+
+Deterministic kernels give the same bits on the same GPU model with the same
+driver, CUDA, cuDNN and torch, not across them. Across more than two DDP ranks
+the gradient all-reduce is a further source: its summation order follows each
+gradient's place in DDP's buckets, which DDP lays out anew after the first step
+of every (re)start (docs/coupling-service.md).
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ def use_deterministic_kernels(on: bool) -> None:
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.use_deterministic_algorithms(on)
-    # Filling every new tensor with NaN (what deterministic mode does to catch reads of
-    # uninitialised memory) costs a kernel per allocation; loomray reads none.
+    # Deterministic mode also fills every tensor made by empty() with NaN, to catch
+    # reads of uninitialised memory; that is a kernel per such tensor, and loomray's
+    # step reads none.
     torch.utils.deterministic.fill_uninitialized_memory = not on
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = False
