@@ -17,10 +17,9 @@ speed (docs/results.md); ``train.deterministic=false`` trades exact replays for
 it.
 
 Deterministic kernels give the same bits on the same GPU model with the same
-driver, CUDA, cuDNN and torch, not across them. Across more than two DDP ranks
-the gradient all-reduce is a further source: its summation order follows each
-gradient's place in DDP's buckets, which DDP lays out anew after the first step
-of every (re)start (docs/coupling-service.md).
+driver, CUDA, cuDNN and torch, not across them. The gradient all-reduce of more
+than two ranks is made to add in the same order on every start by
+``loomray.train.ddp``.
 """
 
 from __future__ import annotations

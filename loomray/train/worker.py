@@ -28,6 +28,7 @@ from loomray.data import BatchPlan, build_dataset
 from loomray.images import save_samples
 from loomray.latents.decode import to_images
 from loomray.sampling import sample
+from loomray.train.ddp import distributed
 from loomray.train.evaluation import TrainingEvaluation
 from loomray.train.loop import StepLog, TrainState, build_state, mean_loss, train_steps
 
@@ -102,9 +103,7 @@ def train_worker(config: dict[str, Any]) -> None:
         )
     if world > 1:
         dist.barrier()  # nobody submits before the service is at our step
-        state.model = torch.nn.parallel.DistributedDataParallel(
-            state.model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        state.model = distributed(state.model, device, cfg.sample_shape)
     node = ray.get_runtime_context().get_node_id()
     noise = ServiceNoise(service, rank, cfg.coupling.timeout_s, node=node)
     metrics_path = run_dir / "metrics.jsonl"
