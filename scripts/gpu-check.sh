@@ -60,6 +60,7 @@ stage() {
 
 loomray() { "$py" -m loomray "$@"; }
 loop() {
+  set -f  # a child shell: the [1,2] of an override is never a glob
   # shellcheck disable=SC2086
   loomray bench loop --config cifar10 data.name=synthetic --steps "$steps" --warmup "$warmup" \
     $SMALL "$@"
@@ -67,6 +68,7 @@ loop() {
 # The real path: `loomray train` through Ray Train (1 GPU worker) and the coupling service,
 # on synthetic CIFAR-sized images; metrics every 25 steps, a small FID at the end.
 train() {
+  set -f  # a child shell: the [1,2] of an override is never a glob
   # shellcheck disable=SC2086
   loomray train --config cifar10 --workers 1 "$gpus" --run-dir "$work/runs/$1" \
     data.name=synthetic data.limit=10000 train.steps="$train_steps" \
@@ -95,26 +97,34 @@ for suffix in ("", "-graph"):
         print(f"loom{suffix} / independent{suffix}: {ratio:.3f}")
 EOF
 }
-# Determinism: the same 30 steps (cifar10 UNet, per-rank batch 32) trained twice in
-# one process; bit-identical weights or the largest difference.
+# Determinism: the same 30 steps (cifar10 UNet, per-rank batch 32) trained in two
+# processes, as a restart trains them again; bit-identical weights or the largest
+# difference.
 repeat() {
-  # shellcheck disable=SC2086
-  "$py" - "$device" "${1:-train.deterministic=true}" $SMALL << 'EOF'
+  set -f  # a child shell: the [1,2] of an override is never a glob
+  local tag=${1:-train.deterministic=true} i
+  for i in 1 2; do
+    # shellcheck disable=SC2086
+    "$py" - "$device" "$work/repeat-$i.pt" "$tag" $SMALL << 'EOF' || return
 import sys, torch
 from loomray.config import load_config
 from loomray.train.loop import train_local
-device, overrides = sys.argv[1], sys.argv[2:]
+device, out, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
 base = ["data.name=synthetic", "data.limit=2048", "data.loader_workers=0", "train.workers=1",
         "train.batch=32", "train.warmup=0"]
-def weights():
-    cfg = load_config("cifar10", base + overrides)
-    return train_local(cfg, device, steps=30).state.model.state_dict()
-a, b = weights(), weights()
+cfg = load_config("cifar10", base + overrides)
+torch.save(train_local(cfg, device, steps=30).state.model.state_dict(), out)
+EOF
+  done
+  "$py" - "$work/repeat-1.pt" "$work/repeat-2.pt" "$tag" "$device" << 'EOF'
+import sys, torch
+a, b = (torch.load(path, weights_only=True) for path in sys.argv[1:3])
 same = all(torch.equal(a[k], b[k]) for k in a)
 gap = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-print(f"{overrides[0]}: two 30-step runs on "
-      f"{device} {'are bit-identical' if same else 'differ'} (largest weight difference {gap:.3g})")
+print(f"{sys.argv[3]}: two 30-step runs in two processes on {sys.argv[4]} "
+      f"{'are bit-identical' if same else 'differ'} (largest weight difference {gap:.3g})")
 EOF
+  rm -f "$work/repeat-1.pt" "$work/repeat-2.pt"
 }
 # Ray left behind by a stage that ran out of time would hold the GPU's memory.
 ray_stop() { "$py" -m ray.scripts.scripts stop --force > /dev/null 2>&1 || true; }
@@ -141,8 +151,8 @@ EOF
 
 # 0. Deterministic kernels (the default) on this GPU: does every kernel of the step
 #    have a deterministic version, do two runs agree, and without them?
-stage repeat-deterministic 60 repeat
-stage repeat-fast 60 repeat train.deterministic=false
+stage repeat-deterministic 90 repeat
+stage repeat-fast 90 repeat train.deterministic=false
 # 1. The step at the paper's 4-GPU shape (per-rank batch 32) and at batch 128, eager
 #    and with CUDA graphs, each with a profile of 10 more steps; the default kernels
 #    are deterministic (train.deterministic), the -fast stages take the fastest ones.
@@ -163,14 +173,20 @@ ray_stop
 stage windows-graph 30 windows
 # 3. The samplers on the LOOM model.
 run=$work/runs/loom-graph
-[[ -d $run ]] || run=$work/runs/loom
+for r in "$work/runs/loom-graph" "$work/runs/loom"; do  # the first with a checkpoint
+  if ls "$r/train" 2> /dev/null | grep -q '^step-'; then run=$r && break; fi
+done
 stage sample 120 loomray bench sample --ckpt "$run" --n "$n" \
   --batch 1024 --methods euler-1,euler-2,midpoint-2,midpoint-4,rk4-8,dopri5 \
   --out "$work/sample.json"
-# 4. If time is left: the fastest kernels at 128, the layout left to the compiler
-#    (channels-first weights and inputs), the eager step and the eager real path.
+# 4. If time is left: the fastest kernels at 128, graphs run twice, the layout left to
+#    the compiler (channels-first weights and inputs), the eager step and the eager
+#    real path.
 stage loop-b128-graph-fast 150 loop --modes independent train.graph=true \
   train.deterministic=false --out "$work/loop-b128-graph-fast.json"
+stage repeat-graph 240 repeat train.graph=true
+stage loop-b128-eager-fast 60 loop --modes independent train.deterministic=false \
+  --out "$work/loop-b128-eager-fast.json"
 stage loop-b128-graph-nchw 200 loop --modes independent train.graph=true \
   train.channels_last=false --out "$work/loop-b128-graph-nchw.json" \
   --profile "$work/profile-b128-graph-nchw"
