@@ -18,14 +18,9 @@ from loomray.config import load_config
 from loomray.models import build_model
 from loomray.train.ddp import distributed
 
-UNET = [
-    "model.kind=unet",
-    "model.channels=32",
-    "model.channel_mult=1,2",
-    "model.attn_resolutions=4",
-    "model.head_channels=16",
-    "model.res_blocks=1",
-]
+# a small UNet: its skip connections make DDP's second bucket layout differ from the first
+UNET = ["model.kind=unet", "model.channels=16", "model.channel_mult=1,2"]
+UNET += ["model.attn_resolutions=4", "model.head_channels=16", "model.res_blocks=1"]
 
 
 def _steps(model, ddp, opt, rank, first, stop, shape):
