@@ -189,4 +189,10 @@ def _write_profiles(runs, folder: Path, title: str) -> None:
             f"wait), {p.launches:.0f} launches per step",
             markup=False,
         )
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in p.phases.items() if k != "wall")
+        console.print(
+            f"{r.mode}: host ms per unprofiled step by phase: {phases} "
+            f"(of {p.phases.get('wall', 0.0):.1f})",
+            markup=False,
+        )
     console.print(f"wrote the profiles to {folder}", markup=False)

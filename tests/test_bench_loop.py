@@ -83,6 +83,9 @@ def test_bench_loop_profiles_each_mode(tmp_path):
         assert summary["steps"] == 10 and summary["wall_ms"] > 0 and summary["cpu_ms"] > 0
         assert summary["device_ms"] == 0 and summary["top"]  # a CPU: no device time
         assert "Self CPU" in (out / f"{mode}.txt").read_text()
+        phases = summary["phases"]  # host time by phase, timed without the profiler
+        assert phases["forward"] > 0 and phases["backward"] > 0 and phases["wall"] > 0
+    assert "host ms per unprofiled step by phase: " in result.output
 
 
 def test_profile_summary_counts_each_kernel_once():
@@ -117,3 +120,45 @@ def test_profile_summary_counts_each_kernel_once():
     assert p.blocking == {"cudaDeviceSynchronize": pytest.approx(0.25)}
     assert [k for k, _ in p.top] == ["triton_fused_conv", "elementwise_kernel"]
     assert [v for _, v in p.top] == pytest.approx([3.0, 2.0])
+
+
+def test_phases_time_the_loop_and_put_everything_back():
+    import torch
+
+    from loomray.bench.phases import time_phases
+    from loomray.train import loop
+
+    cfg = load_config("toy2d", ["train.batch=64"])
+    dataset = build_dataset(cfg)
+    plan = BatchPlan(len(dataset), cfg.train.batch, cfg.train.seed)
+    noise = LocalNoise(make_coupling("independent", None, cfg.coupling.cost), 0)
+    state = loop.build_state(cfg, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    loop.train_steps(cfg, state, dataset, plan, noise, 2, cpu)
+    before = (torch.Tensor.backward, loop.iterate_batches, loop.cfm_loss, dict(vars(noise)))
+    optimizer_attrs = dict(vars(state.optimizer))
+
+    def more(n):
+        loop.train_steps(cfg, state, dataset, plan, noise, state.step + n, cpu)
+
+    ms = time_phases(more, 4, state, noise)
+    assert state.step == 6
+    for phase in ("batches", "noise", "seed", "forward", "backward", "clip", "optimizer", "ema"):
+        assert ms[phase] > 0, phase
+    assert ms["other"] >= 0 and sum(v for k, v in ms.items() if k != "wall") == pytest.approx(
+        ms["wall"]
+    )
+    after = (torch.Tensor.backward, loop.iterate_batches, loop.cfm_loss, dict(vars(noise)))
+    assert after == before and dict(vars(state.optimizer)) == optimizer_attrs
+
+
+def test_seed_step_draws_what_torch_manual_seed_draws():
+    import torch
+
+    from loomray.train.loop import seed_step
+
+    seed_step(123, torch.device("cpu"))
+    a = torch.rand(5), torch.randn(3)
+    torch.manual_seed(123)
+    b = torch.rand(5), torch.randn(3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))

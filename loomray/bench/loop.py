@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from loomray.bench.phases import time_phases
 from loomray.bench.profile import LoopProfile, profile_steps
 from loomray.config import Config
 from loomray.coupling import Coupling, make_coupling, step_rng
@@ -94,6 +95,7 @@ def _run(
             train_steps(cfg, state, dataset, plan, noise, state.step + n, device)
 
         profiled = profile_steps(more, profile, device, mode)
+        profiled.phases = time_phases(more, profile, state, noise)
     if isinstance(noise, ThreadedNoise):
         noise.close()
     return LoopBenchRun(

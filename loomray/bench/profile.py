@@ -9,7 +9,7 @@ from a GPU-bound one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -47,6 +47,10 @@ class LoopProfile:
     table: str
     """torch.profiler's tables, for the record: by device time (on a GPU) and by host
     time (what a launch-bound step spends its CPU on)."""
+    phases: dict[str, float] = field(default_factory=dict)
+    """Host ms per step by phase of the loop (forward, backward, optimizer, ...,
+    "other", "wall"), timed without the profiler over as many further steps
+    (loomray.bench.phases)."""
 
 
 def is_kernel(event) -> bool:
