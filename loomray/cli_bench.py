@@ -99,8 +99,9 @@ def bench_loop_cmd(
     ),
     profile: str = typer.Option(
         None,
-        help="Also profile 10 more steps of each mode (torch.profiler) and write their "
-        "summary and operator tables to this folder.",
+        help="Also profile 10 more steps of each mode (torch.profiler), time 10 more by "
+        "phase of the loop without it, and write the summaries and operator tables to "
+        "this folder.",
     ),
 ) -> None:
     """Steps/s of one training process (no Ray): independent, LOOM inline, LOOM overlapped."""
