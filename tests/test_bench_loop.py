@@ -135,8 +135,18 @@ def test_phases_time_the_loop_and_put_everything_back():
     state = loop.build_state(cfg, torch.device("cpu"))
     cpu = torch.device("cpu")
     loop.train_steps(cfg, state, dataset, plan, noise, 2, cpu)
-    before = (torch.Tensor.backward, loop.iterate_batches, loop.cfm_loss, dict(vars(noise)))
-    optimizer_attrs = dict(vars(state.optimizer))
+
+    def patchable():
+        modules = (torch.Tensor, loop, torch.nn.utils, torch.compiler)
+        names = ("backward", "iterate_batches", "cfm_loss", "to_device", "seed_step",
+                 "clip_grad_norm_", "cudagraph_mark_step_begin")
+        found = [vars(m)[n] for m in modules for n in names if n in vars(m)]
+        owners = (state.optimizer, state.scheduler, state.ema, noise)
+        # instance attributes by name (training changes their values), and the
+        # scheduler's own wrapper of optimizer.step by identity
+        return found, [sorted(vars(o)) for o in owners], vars(state.optimizer).get("step")
+
+    before = patchable()
 
     def more(n):
         loop.train_steps(cfg, state, dataset, plan, noise, state.step + n, cpu)
@@ -145,11 +155,8 @@ def test_phases_time_the_loop_and_put_everything_back():
     assert state.step == 6
     for phase in ("batches", "noise", "seed", "forward", "backward", "clip", "optimizer", "ema"):
         assert ms[phase] > 0, phase
-    assert ms["other"] >= 0 and sum(v for k, v in ms.items() if k != "wall") == pytest.approx(
-        ms["wall"]
-    )
-    after = (torch.Tensor.backward, loop.iterate_batches, loop.cfm_loss, dict(vars(noise)))
-    assert after == before and dict(vars(state.optimizer)) == optimizer_attrs
+    assert 0 <= ms["other"] < ms["wall"]
+    assert len(before[0]) == 7 and patchable() == before  # the same objects, nothing added
 
 
 def test_seed_step_draws_what_torch_manual_seed_draws():

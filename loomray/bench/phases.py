@@ -13,6 +13,7 @@ or blocks in it (an allocation, a copy from pageable memory, a read of a tensor)
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -46,6 +47,7 @@ def time_phases(run_steps: Callable[[int], None], steps: int, state, noise) -> d
     seconds: dict[str, float] = defaultdict(float)
 
     def timed(phase: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)  # keeps markers such as the LR scheduler's on optimizer.step
         def wrapper(*args, **kwargs):
             began = time.perf_counter()
             try:

@@ -44,6 +44,8 @@ def seed_step(seed: int, device: torch.device) -> None:
     (~1 ms per step in a training worker's deep stack)."""
     torch.default_generator.manual_seed(seed)
     if device.type == "cuda":
+        if not torch.cuda.is_initialized():
+            torch.cuda.init()  # the device generators exist from here on
         index = device.index if device.index is not None else torch.cuda.current_device()
         torch.cuda.default_generators[index].manual_seed(seed)
 
