@@ -10,12 +10,15 @@
 # and FID uses an Inception network with random weights: the timing is real, the
 # scores are not (the weights cannot be downloaded there). SMOKE=1 runs every stage
 # on the CPU with a small UNet and few steps, to check the script itself; ONLY=REGEX
-# runs only the stages whose names match (a rerun of the ones that failed).
+# runs only the stages whose names match (a rerun of the ones that failed); with
+# WORK=/tmp/gpu-check.XXXX they go on in that earlier call's folder (its runs, its
+# logs in the archive).
 set -uf  # -f: the [1,2] of an override is never a glob
 out=${1:?usage: scripts/gpu-check.sh OUT_DIR [SECONDS]}
 budget=${2:-500}
 py=${PYTHON:-python3}
-work=$(mktemp -d /tmp/gpu-check.XXXX)
+work=${WORK:-$(mktemp -d /tmp/gpu-check.XXXX)}  # WORK=: go on in an earlier call's folder
+mkdir -p "$work"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: the archive is written from inside the work folder
 export PYTHONUNBUFFERED=1 LOOMRAY_DASHBOARD=0 COLUMNS=150 RAY_USAGE_STATS_ENABLED=0
