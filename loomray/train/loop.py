@@ -123,11 +123,17 @@ class TrainState:
         self.step = int(payload["step"])
 
 
+def uses_channels_last(cfg: Config, device: torch.device) -> bool:
+    """Whether the model's weights and each step's inputs are channels-last: a UNet on
+    a GPU with ``train.channels_last``."""
+    return device.type == "cuda" and cfg.model.kind == "unet" and cfg.train.channels_last
+
+
 def build_state(cfg: Config, device: torch.device) -> TrainState:
     kernels_for(cfg.train.deterministic, device)  # before any kernel runs on the device
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(device)
-    if device.type == "cuda" and cfg.model.kind == "unet" and cfg.train.channels_last:
+    if uses_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup)
     # fused: one kernel for the whole update on a GPU (the loop is launch-bound there)
@@ -205,7 +211,7 @@ def train_steps(
         return history
     cuda = device.type == "cuda"
     use_bf16 = cuda and cfg.train.bf16
-    channels_last = cuda and cfg.model.kind == "unet" and cfg.train.channels_last
+    channels_last = uses_channels_last(cfg, device)
     # A new step for the CUDA graphs: the last step's graph outputs (its gradients) are
     # dead by now, so their memory is replayed into without a check of who holds it.
     mark_step = cuda and cfg.train.graph
