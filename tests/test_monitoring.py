@@ -107,12 +107,18 @@ def test_metrics_endpoint_has_loomrays_metrics_with_sensible_values(live_run):
         "ray_loomray_train_loss",
         "ray_loomray_train_images_per_second",
     )
+    # the service and the worker export on their own clocks: wait until every counter
+    # checked below has passed 100, not only the service's step
+    counted = (
+        "ray_loomray_coupling_step",
+        "ray_loomray_coupling_solve_seconds_count",
+        "ray_loomray_worker_wait_seconds_count",
+    )
     deadline, metrics = time.time() + 240, {}
     while time.time() < deadline:
         metrics = _scrape()
-        if (
-            all(_value(metrics, n, run) for n in wanted)
-            and _value(metrics, "ray_loomray_coupling_step", run) >= 100
+        if all(_value(metrics, n, run) for n in wanted) and all(
+            _value(metrics, n, run) >= 100 for n in counted
         ):
             break
         time.sleep(1)
