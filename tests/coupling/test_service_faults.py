@@ -104,7 +104,7 @@ def test_a_restarted_service_is_exactly_where_the_dead_one_was(tmp_path, monkeyp
 
 def test_a_restart_with_no_snapshot_rejoins_at_the_workers_step(tmp_path, monkeypatch):
     x_all = data()
-    the_spec = durable(tmp_path, timeout_s=3)
+    the_spec = durable(tmp_path, timeout_s=30)
     dead = CouplingService(the_spec)
     asyncio.run(dead.restore(0))  # a new run: its base is the table's creation
     asyncio.run(run_ranks(dead, 12, x_all))

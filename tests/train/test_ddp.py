@@ -6,8 +6,6 @@ checkpoint builds it); their weights must be the same bits. With two ranks this
 holds whatever the bucket layout (a + b = b + a), so the test takes three."""
 
 import json
-import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -50,9 +48,9 @@ def _weights(restart_at, wrap, rank, shape):
     return [p.detach().clone() for p in model.parameters()]
 
 
-def _rank(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _rank(rank, world, store, out):
+    # a file store: no port that another process could take between choosing and binding
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     shape = load_config("digits", UNET).sample_shape
     wraps = {
@@ -70,11 +68,8 @@ def _rank(rank, world, port, out):
 
 
 def test_a_restart_with_three_ranks_ends_bit_identical(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "same.json"
-    mp.spawn(_rank, args=(3, port, out), nprocs=3)
+    mp.spawn(_rank, args=(3, str(tmp_path / "store"), out), nprocs=3)
     same = json.loads(out.read_text())
     assert same["loomray"], "a restart changed the weights"
     # the case is a real one: without the dropped step, plain DDP's restart differs

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+from loomray.checkpoint import latest_step
+
 ARGS = [
     "--config",
     "digits",
@@ -43,8 +45,11 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_go_on(tmp_path):
         # SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+    # wait for what the message is built from: a readable checkpoint at step 200 or
+    # later (Ray Train makes a checkpoint's folder before it copies the file in)
     deadline = time.time() + 240
-    while time.time() < deadline and not (run / "train" / "step-0000200").is_dir():
+    while (latest_step(run) or 0) < 200:
+        assert time.time() < deadline, "no checkpoint at step 200 within 240 s"
         assert first.poll() is None, first.stdout.read()[-3000:]
         time.sleep(0.2)
     first.send_signal(signal.SIGINT)  # what Ctrl-C does
@@ -73,5 +78,6 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_go_on(tmp_path):
         assert f"is already at step 600 (train.steps={steps}): nothing to train" in " ".join(
             again.stdout.split()
         )
-        assert "Ray" not in again.stdout and time.time() - started < 30
+        # no Ray started: the answer comes in the time a CLI takes to import
+        assert "Ray" not in again.stdout and time.time() - started < 90
         assert (run / "config.yaml").read_bytes() == config

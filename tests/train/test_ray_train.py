@@ -121,6 +121,9 @@ def saboteur(service, plan, events, status_output):
         deadline = time.time() + 240
         while step() < target and time.time() < deadline:
             time.sleep(0.05)
+        if time.time() >= deadline:
+            events.append(f"the service never reached step {target}")
+            return
         if what == "service":
             if not status_output:
                 status_output.append(CliRunner().invoke(app, ["status"]).output)
@@ -143,15 +146,18 @@ def saboteur(service, plan, events, status_output):
 )
 def test_killed_service_and_workers_change_nothing(fault_reference, tmp_path, plan):
     cfg = load_config("digits", FAULT_CONFIG)
-    events, status_output = [], []
-    result = launch(
-        cfg,
-        tmp_path / "faults",
-        progress=False,
-        on_ready=lambda s: threading.Thread(
-            target=saboteur, args=(s, plan, events, status_output), daemon=True
-        ).start(),
-    )
+    events, status_output, threads = [], [], []
+
+    def start(service):
+        threads.append(
+            threading.Thread(
+                target=saboteur, args=(service, plan, events, status_output), daemon=True
+            )
+        )
+        threads[0].start()
+
+    result = launch(cfg, tmp_path / "faults", progress=False, on_ready=start)
+    threads[0].join(timeout=60)  # a kill it failed to make shows in its events
     assert events == [f"{what} killed at {target}" for target, what in plan]
     assert result.step == FAULT_STEPS and result.service["restarts"] == 1
     got, got_table = load_run(result)
