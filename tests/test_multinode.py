@@ -33,7 +33,7 @@ def two_nodes():
     env["RAY_AUTH_MODE"] = "token"
     out = _ray("get-auth-token", "--generate", env=env)  # token auth stays on
     assert out.returncode == 0, out.stderr
-    gcs, dash, client, *node_ports = _free_ports(11)
+    gcs, dash, client, *head_ports = _free_ports(7)
 
     def node(ports):
         """What every node gets of its own: one CPU, no GPU, its own agent ports."""
@@ -55,12 +55,13 @@ def two_nodes():
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
         f"--ray-client-server-port={client}",
-        *node(node_ports[0:4]),
+        *node(head_ports),
         env=env,
     )
     assert head.returncode == 0, head.stdout + head.stderr
     try:
-        second = _ray("start", f"--address=127.0.0.1:{gcs}", *node(node_ports[4:8]), env=env)
+        # chosen only now: the head's start binds many ports of its own
+        second = _ray("start", f"--address=127.0.0.1:{gcs}", *node(_free_ports(4)), env=env)
         assert second.returncode == 0, second.stdout + second.stderr
         yield f"127.0.0.1:{gcs}", env
     finally:
