@@ -169,14 +169,17 @@ async def _look(base: str, token: str, expect: str, png: Path, timeout: float = 
     )
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(100):
+            page, up_by = None, time.time() + 60  # Chromium starts slowly on a busy machine
+            while page is None:
+                assert time.time() < up_by, "headless Chromium showed no page within 60 s"
                 try:
                     async with http.get(f"http://127.0.0.1:{port}/json") as r:
                         targets = await r.json()
-                    break
+                    page = next((t for t in targets if t["type"] == "page"), None)
                 except aiohttp.ClientError:
+                    pass
+                if page is None:
                     await asyncio.sleep(0.2)
-            page = next(t for t in targets if t["type"] == "page")
             ws = await http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0)
             ids = iter(range(1, 10**6))
 
