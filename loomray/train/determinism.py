@@ -12,9 +12,9 @@ the first step, and so does a replay.
 ``train.deterministic`` (the default) turns all of that off in a CUDA process:
 deterministic algorithms (an operation without one raises instead of running),
 cuDNN's deterministic algorithms without timing, a cuBLAS workspace that makes
-cuBLAS reproducible, and no timing-driven choice in the compiler. It costs some
-speed (docs/results.md); ``train.deterministic=false`` trades exact replays for
-it.
+cuBLAS reproducible, and no timing-driven choice in the compiler. That may cost
+speed (the GPU check in docs/results.md times it; not yet measured);
+``train.deterministic=false`` trades exact replays for it.
 
 Deterministic kernels give the same bits on the same GPU model with the same
 driver, CUDA, cuDNN and torch, not across them. The gradient all-reduce of more
