@@ -61,25 +61,79 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def checkpoint_files(path: Path) -> list[Path]:
-    """The checkpoint files under a run or checkpoint dir, latest first: by the step in
-    their ``step-N`` folder, then (older layouts) by time."""
+    """The checkpoint files of one checkpoint folder or run, latest first.
+
+    ``path`` is a checkpoint folder (it holds ``checkpoint.pt`` or ``latest.pt``), a
+    run dir (it holds ``config.yaml``) or a run's ``train/`` folder. Anything else is
+    refused (CheckpointError), naming the runs it holds: a folder of several runs
+    never silently stands for one of them, and nothing outside a run is searched."""
     for candidate in (path / "latest.pt", path / "checkpoint.pt"):
         if candidate.is_file():
             return [candidate]
+    if (path / "config.yaml").is_file():
+        return _run_checkpoints(path / "train")
+    if path.name == "train" and (path.parent / "config.yaml").is_file():
+        return _run_checkpoints(path)
+    raise CheckpointError(_not_a_run(path))
+
+
+def _run_checkpoints(train: Path) -> list[Path]:
+    """A run's checkpoints (under its ``train/``), latest first: by the step in their
+    ``step-N`` folder, then (older layouts) by time."""
 
     def order(p: Path) -> tuple[int, float]:
         name = p.parent.name
         step = int(name[5:]) if name.startswith("step-") and name[5:].isdigit() else -1
         return step, p.stat().st_mtime
 
-    return sorted(path.rglob("checkpoint.pt"), key=order, reverse=True)
+    return sorted(train.rglob("checkpoint.pt"), key=order, reverse=True)
+
+
+def runs_under(path: Path, depth: int = 3, budget: int = 5000) -> list[Path]:
+    """The run dirs (``config.yaml`` beside ``train/``) up to ``depth`` folders below
+    ``path``, looking at no more than ``budget`` entries (``~`` is not walked)."""
+    found: list[Path] = []
+    frontier = [path]
+    for _ in range(depth):
+        below = []
+        for folder in frontier:
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                budget -= 1
+                if budget < 0:
+                    return found
+                run = Path(entry.path)
+                try:
+                    if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                        continue
+                    is_run = (run / "config.yaml").is_file() and (run / "train").is_dir()
+                except OSError:  # a folder we may not look into
+                    continue
+                (found if is_run else below).append(run)
+        frontier = below
+    return found
+
+
+def _not_a_run(path: Path) -> str:
+    runs = runs_under(path) if path.is_dir() else []
+    neither = "neither a run dir (with config.yaml) nor a checkpoint folder"
+    what = f"{path} is {neither}"
+    if not runs:
+        return f"no checkpoint found under {path}: it is {neither}"
+    if len(runs) == 1:
+        return f"{what}; it holds one run, {runs[0]}: pass that"
+    names = ", ".join(str(r) for r in runs[:5]) + (f" and {len(runs) - 5} more" * (len(runs) > 5))
+    return f"{what}; it holds {len(runs)} runs ({names}): pass one of them"
 
 
 def resolve_checkpoint(path: Path) -> Path:
     """A run directory or checkpoint directory -> its latest checkpoint file."""
     found = checkpoint_files(path)
     if not found:
-        raise CheckpointError(f"no checkpoint found under {path}")
+        raise CheckpointError(f"no checkpoint found under {path}: the run has none yet")
     return found[0]
 
 
@@ -96,7 +150,7 @@ def run_dir_of(checkpoint_file: str | os.PathLike) -> Path:
 def latest_step(run_dir: str | os.PathLike) -> int | None:
     """The step of a run dir's latest readable checkpoint (read memory-mapped, so cheap
     for large models; a half-copied one, e.g. cut by Ctrl-C, is passed over), or None."""
-    for path in checkpoint_files(Path(run_dir) / "train"):
+    for path in _run_checkpoints(Path(run_dir) / "train"):
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             return int(ckpt["step"])

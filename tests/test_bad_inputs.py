@@ -55,6 +55,14 @@ def _setup(tmp: Path) -> None:
 
     ema = build_model(cfg).state_dict()
     save_checkpoint(tmp / "toy.pt", {"format": 1, "config": cfg.to_dict(), "step": 0, "ema": ema})
+    # a folder of runs, and a sweep's layout (models/<key>/): neither stands for one
+    for run in ("runs/a", "runs/b", "sweep/models/k1"):
+        (tmp / run).mkdir(parents=True)
+        (tmp / run / "config.yaml").write_text(dump_config(cfg))
+        save_checkpoint(
+            tmp / run / "train" / "step-0000001" / "checkpoint.pt",
+            {"format": 1, "config": cfg.to_dict(), "step": 1, "ema": ema},
+        )
     table = AssignmentTable.create(rows=16, caches=2, seed=0)
     table.save(tmp / "table.parquet")
     data = (tmp / "table.parquet").read_bytes()
@@ -144,6 +152,14 @@ CASES = [
     ("sample --ckpt {tmp}/noema.pt", "no usable EMA weights"),
     ("sample --ckpt {tmp}/nothing-here", "does not exist"),
     ("evaluate --ckpt {tmp}/empty-run", "no checkpoint found under"),
+    # a folder of several runs is refused with their names, never taken for one
+    ("evaluate --ckpt {tmp}/runs", "holds 2 runs ({tmp}/runs/a, {tmp}/runs/b): pass one"),
+    ("sample --ckpt {tmp}/runs", "holds 2 runs ({tmp}/runs/a, {tmp}/runs/b): pass one"),
+    ("pairs --ckpt {tmp}/runs --out {tmp}/p", "holds 2 runs ({tmp}/runs/a, {tmp}/runs/b)"),
+    ("reflow --ckpt {tmp}/runs", "holds 2 runs ({tmp}/runs/a, {tmp}/runs/b)"),
+    ("table {tmp}/runs", "holds 2 runs ({tmp}/runs/a, {tmp}/runs/b)"),
+    ("evaluate --ckpt {tmp}/sweep", "holds one run, {tmp}/sweep/models/k1: pass that"),
+    ("evaluate --ckpt {tmp}", "holds 3 runs"),
     # corrupt tables
     ("table {tmp}/truncated.parquet", "is not a readable Parquet file"),
     ("table {tmp}/notparquet.parquet", "is not a readable Parquet file"),

@@ -29,8 +29,9 @@ def test_the_latest_readable_checkpoint_is_found_by_step(tmp_path):
 
 
 def test_older_layouts_are_ordered_by_time(tmp_path):
-    old = tmp_path / "checkpoint_2026-01-01" / "checkpoint.pt"
-    new = tmp_path / "checkpoint_2026-01-02" / "checkpoint.pt"
+    (tmp_path / "config.yaml").write_text(dump_config(load_config("toy2d")))
+    old = tmp_path / "train" / "checkpoint_2026-01-01" / "checkpoint.pt"
+    new = tmp_path / "train" / "checkpoint_2026-01-02" / "checkpoint.pt"
     for i, path in enumerate((old, new)):
         save_checkpoint(path, {"config": {}, "step": i})
         os.utime(path, (1000 + i, 1000 + i))
