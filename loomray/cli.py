@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -42,16 +46,35 @@ DASHBOARD_HOST_HELP = (
 def _warn_exposure(dashboard_host: str) -> None:
     from rich.markup import escape
 
-    from loomray.train.launch import security_warnings
+    from loomray.ray_cluster import security_warnings
 
     for warning in security_warnings(dashboard_host):
         console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
-def _show_dashboard(url: str) -> None:
+def _show_dashboard(url: str | None) -> None:
+    """Once connected: the dashboard's URL and the command that shows the live numbers."""
+    from loomray.ray_cluster import status_address
+
+    if url:
+        console.print(
+            f"Ray dashboard: {url}  (token auth on; the token: `ray get-auth-token`)",
+            soft_wrap=True,
+            markup=False,
+        )
     console.print(
-        f"Ray dashboard: {url}  (token auth on; the token: `ray get-auth-token`)", soft_wrap=True
+        f"live numbers: loomray status --address {status_address()}", soft_wrap=True, markup=False
     )
+
+
+def _starting(address: str | None) -> str:
+    """What connecting to ``address`` (None: RAY_ADDRESS, else a local Ray) is about to do."""
+    import os
+
+    joined = address or os.environ.get("RAY_ADDRESS")
+    if not joined:
+        return "starting a local Ray..."
+    return f"joining the Ray cluster at {joined}{'' if address else ' (RAY_ADDRESS)'}..."
 
 
 def _node_count(stats: dict) -> int:
@@ -67,6 +90,21 @@ def _path_or_fail(check, path: str, what: str) -> Path:
         return check(path, what)
     except PathError as err:
         fail(str(err))
+
+
+@contextmanager
+def locked_or_fail(folder: Path, what: str, advice: str | None = None) -> Iterator[Path]:
+    """Hold ``folder`` for this command (loomray.locks), or one sentence naming the
+    process that writes into it, and exit 2."""
+    from loomray.locks import LockError, lock_folder
+
+    stack = ExitStack()
+    try:
+        held = stack.enter_context(lock_folder(folder, what, advice=advice))
+    except LockError as err:
+        fail(str(err))
+    with stack:
+        yield held
 
 
 def _worker_counts(text: str) -> list[int]:
@@ -224,10 +262,13 @@ def import_cmd(
     """Bring the LOOM-CFM authors' released weights in as a loomray run (docs/reproduce.md)."""
     from loomray.official import ReleaseError, check_run_dir, import_official
 
+    folder = Path(run_dir).expanduser()
     try:
-        check_run_dir(Path(run_dir).expanduser())
-        with console.status(f"importing {path} as {preset}..."):
-            done = import_official(path, preset, run_dir)
+        check_run_dir(folder)
+        with locked_or_fail(folder, "run dir"):
+            check_run_dir(folder)  # as it is now that nobody else can write into it
+            with console.status(f"importing {path} as {preset}..."):
+                done = import_official(path, preset, run_dir)
     except ReleaseError as err:
         fail(str(err))
     extra = f" and {done['autoencoder']} autoencoder tensors" if done["autoencoder"] else ""
@@ -364,19 +405,18 @@ def train_cmd(
         )
         return
 
-    console.print(
-        "starting a local Ray..." if address is None else f"joining the Ray cluster at {address}..."
-    )
     try:
-        result = launch(
-            cfg,
-            run,
-            address=address,
-            resume=resume,
-            quiet=not verbose,
-            on_dashboard=_show_dashboard,
-            dashboard_host=dashboard_host,
-        )
+        with locked_or_fail(run, "run dir"):  # refused before anything starts
+            console.print(_starting(address), markup=False)
+            result = launch(
+                cfg,
+                run,
+                address=address,
+                resume=resume,
+                quiet=not verbose,
+                on_dashboard=_show_dashboard,
+                dashboard_host=dashboard_host,
+            )
     except (LaunchError, DatasetError) as err:
         fail(str(err))
     except ConnectionError as err:
@@ -387,6 +427,11 @@ def train_cmd(
         again += [*([] if gpus is None else ["--gpus" if gpus else "--cpu"])]
         again += [*(["--address", address] if address else []), "--run-dir", str(run)]
         _report_interrupt(stop, again)
+    _report_training(cfg, result)
+
+
+def _report_training(cfg, result) -> None:
+    """What a finished `loomray train` did: steps, loss, the coupling, the model."""
     s = result.service
     loss = result.metrics.get("loss", float("nan"))
     console.print(
@@ -544,18 +589,64 @@ def table_cmd(
     )
 
 
+def _pick_local_cluster() -> str:
+    """The local Ray cluster `loomray status` looks at: the one loomray cluster here, or
+    the one the user picks from the list (exit 2 with the list when nobody can pick)."""
+    import sys
+
+    from loomray.ray_cluster import local_clusters
+
+    clusters = local_clusters()
+    if not clusters:
+        console.print("no Ray cluster runs on this machine; pass the --address of a remote one")
+        raise typer.Exit(code=1)
+    ours = [c for c in clusters if "command" in c] or clusters
+    others = len(clusters) - len(ours)
+    if others:
+        console.print(
+            f"({plural(others, 'other Ray cluster')} also run here; --address shows one)",
+            markup=False,
+        )
+    if len(ours) == 1:
+        return ours[0]["address"]
+    table = Table(title="loomray clusters on this machine", title_justify="left")
+    for col in ("#", "address", "started by", "pid", "since", "dashboard"):
+        table.add_column(col, overflow="fold")
+    for i, c in enumerate(ours, 1):
+        since = time.strftime("%H:%M:%S", time.localtime(c["since"])) if "since" in c else "-"
+        row = (c["address"], c.get("command", "-"), str(c.get("pid", "-")), since)
+        table.add_row(str(i), *row, c.get("dashboard") or "-")
+    console.print(table)
+    if sys.stdin.isatty():
+        pick = typer.prompt("which one", type=click.IntRange(1, len(ours)))
+        return ours[pick - 1]["address"]
+    fail(
+        f"{len(ours)} loomray clusters run on this machine; pass --address with one of them, "
+        f"e.g. loomray status --address {ours[-1]['address']}"
+    )
+
+
 @app.command("status")
 def status_cmd(
-    address: str = typer.Option("auto", help="Ray cluster to look at."),
+    address: str = typer.Option(
+        None,
+        help="Ray cluster to look at (default: $RAY_ADDRESS, else the loomray cluster on "
+        "this machine; with several, they are listed).",
+    ),
 ) -> None:
     """Live numbers of the loomray runs on a Ray cluster (from their coupling services)."""
+    import os
+
     import ray
 
-    from loomray.train.launch import NAMESPACE, SERVICE_PREFIX, LaunchError, check_reachable
+    from loomray.ray_cluster import NAMESPACE, LaunchError, check_reachable, send_token
+    from loomray.train.launch import SERVICE_PREFIX
 
     if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or _pick_local_cluster()
         try:
             check_reachable(address)
+            send_token()
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
         except LaunchError as err:
             fail(str(err))
@@ -567,7 +658,8 @@ def status_cmd(
         if a["namespace"] == NAMESPACE and a["name"].startswith(SERVICE_PREFIX)
     ]
     if not names:
-        console.print("no loomray run is active on this cluster")
+        where = f"the cluster at {address}" if address else "this cluster"
+        console.print(f"no loomray run is active on {where}", markup=False)
         raise typer.Exit(code=1)
     for name in sorted(names):
         try:
@@ -579,7 +671,8 @@ def status_cmd(
         def num(key, fmt="{:.2f}", s=s):
             return fmt.format(s[key]) if s.get(key) is not None else "-"
 
-        table = Table(title=f"run {s['run']}", show_header=False, title_justify="left")
+        title = f"run {s.get('run_dir') or s['run']}"
+        table = Table(title=title, show_header=False, title_justify="left")
         table.add_column("what")
         table.add_column("value", justify="right")
         rows = [
@@ -640,7 +733,7 @@ def evaluate_cmd(
 
     from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint, run_dir_of
     from loomray.data import DatasetError
-    from loomray.evaluate import EvaluationError, evaluate_model, make_evaluator, write_results
+    from loomray.evaluate import EvaluationError, make_evaluator, write_results
     from loomray.paths import file_to_read
     from loomray.train.launch import LaunchError
 
@@ -649,6 +742,7 @@ def evaluate_cmd(
     if workers < 1:
         fail(f"--workers must be at least 1, got {workers}")
     dev = _device_or_fail(device)
+    errors = (CheckpointError, EvaluationError, DatasetError, LaunchError, ValueError)
     try:
         payload = load_checkpoint(ckpt)
         cfg, model = ema_model_of(payload)
@@ -657,31 +751,24 @@ def evaluate_cmd(
         if count < 2:
             raise EvaluationError(f"--n must be at least 2, got {count}")
         evaluator = make_evaluator(cfg, ref, fid_weights, dev, protocol=protocol)
-        if workers > 1:
-            rows = _evaluate_on_workers(
-                payload["path"], names, count, evaluator, workers, gpus, address
-            )
-        else:
-            with console.status("sampling and scoring...") as status:
-                rows = evaluate_model(
-                    model,
-                    cfg,
-                    names,
-                    count,
-                    evaluator,
-                    dev,
-                    progress=lambda i, total: status.update(
-                        f"{len(names)} samplers: {i}/{total} samples"
-                    ),
-                )
-    except (CheckpointError, EvaluationError, DatasetError, LaunchError, ValueError) as err:
+    except errors as err:
         fail(str(err))
     step = payload["step"]
     # beside the run's in-training evaluations (<run>/eval/eval-step<N>-train.json)
     folder = run_dir_of(payload["path"]) / "eval"
-    stem = f"evaluate-step{step:07d}-{evaluator.split}"
-    stem += "-paper" if evaluator.protocol == "paper" else ""
-    pq_path, json_path = write_results(rows, folder, stem)
+    with locked_or_fail(folder, "eval folder", "wait for that evaluation to finish"):
+        try:
+            if workers > 1:
+                rows = _evaluate_on_workers(
+                    payload["path"], names, count, evaluator, workers, gpus, address
+                )
+            else:
+                rows = _evaluate_here(model, cfg, names, count, evaluator, dev)
+        except errors as err:
+            fail(str(err))
+        stem = f"evaluate-step{step:07d}-{evaluator.split}"
+        stem += "-paper" if evaluator.protocol == "paper" else ""
+        pq_path, json_path = write_results(rows, folder, stem)
     title = f"{cfg.name} step {step}: {evaluator.note}, n={count}, ref={evaluator.split}"
     table = Table(title=title)
     for col in ("sampler", "NFE", rows[0].metric, "seconds"):
@@ -692,9 +779,25 @@ def evaluate_cmd(
     console.print(f"wrote {pq_path} and {json_path}", markup=False)
 
 
+def _evaluate_here(model, cfg, names, count, evaluator, dev):
+    """``evaluate_model`` in this process, with a status line."""
+    from loomray.evaluate import evaluate_model
+
+    with console.status("sampling and scoring...") as status:
+        return evaluate_model(
+            model,
+            cfg,
+            names,
+            count,
+            evaluator,
+            dev,
+            progress=lambda i, total: status.update(f"{len(names)} samplers: {i}/{total} samples"),
+        )
+
+
 def _evaluate_on_workers(checkpoint, names, count, evaluator, workers, gpus, address):
     from loomray.evaluate_workers import evaluate_with_workers
-    from loomray.train.launch import connect
+    from loomray.ray_cluster import connect
 
     connect(address, quiet=True)
     if evaluator.metric == "fid":
@@ -763,7 +866,7 @@ def bench_train_cmd(
 
     from loomray.bench.train import bench_train
     from loomray.data import DatasetError
-    from loomray.train.launch import LaunchError, connect
+    from loomray.ray_cluster import LaunchError, connect
 
     counts = _worker_counts(workers) if workers else []
     extra = [*(overrides or []), f"train.steps={steps}", f"train.ckpt_every={steps}"]
@@ -812,7 +915,7 @@ def bench_train_cmd(
 def _bench_scaling(config, extra, counts, per_rank, steps, address) -> None:
     from loomray.bench.train import bench_scaling
     from loomray.data import DatasetError
-    from loomray.train.launch import LaunchError, connect
+    from loomray.ray_cluster import LaunchError, connect
 
     extra = [*extra, f"train.batch={max(counts) * per_rank}", f"train.workers={max(counts)}"]
     cfg = _config_or_fail(config, extra)
@@ -850,7 +953,7 @@ def bench_eval_cmd(
     from loomray.bench.eval import bench_eval
     from loomray.data import DatasetError
     from loomray.evaluate import EvaluationError
-    from loomray.train.launch import LaunchError, connect
+    from loomray.ray_cluster import LaunchError, connect
 
     counts = sorted(set(_worker_counts(workers)))
     if steps < 1 or repeats < 1:
@@ -899,9 +1002,10 @@ def bench_quality_cmd(
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
     try:
-        runs, global_pair, metric = run_quality(
-            cfg, seeds, METHODS, n, log=lambda line: console.print(line)
-        )
+        with locked_or_fail(folder, "output folder"):
+            runs, global_pair, metric = run_quality(
+                cfg, seeds, METHODS, n, log=lambda line: console.print(line)
+            )
     except (EvaluationError, DatasetError) as err:
         fail(str(err))
     summary = summarize(runs)

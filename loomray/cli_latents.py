@@ -8,7 +8,16 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from loomray.cli import app, bench_app, console, fail, gpus_or_fail, plural, shard_progress
+from loomray.cli import (
+    app,
+    bench_app,
+    console,
+    fail,
+    gpus_or_fail,
+    locked_or_fail,
+    plural,
+    shard_progress,
+)
 
 SD_SCALE = 0.18215  # Stable Diffusion's latent factor for its KL-f8 autoencoder
 
@@ -71,10 +80,10 @@ def encode_cmd(
     """Encode an image data set into latent shards (posterior mean and std, resumable)."""
     from loomray.data import DatasetError
     from loomray.latents.autoencoder import AutoencoderError, load_autoencoder
-    from loomray.latents.encode import encode_latents, plan_latents
+    from loomray.latents.encode import plan_latents
     from loomray.latents.store import latents_folder
+    from loomray.ray_cluster import LaunchError, connect
     from loomray.shards import ShardsError
-    from loomray.train.launch import LaunchError, connect
 
     if workers < 0:
         fail(f"--workers must be at least 0, got {workers}")
@@ -95,6 +104,22 @@ def encode_cmd(
         fail(str(err))
     if workers:
         gpus_or_fail(gpus)
+    again = ["loomray", "encode", "--images", images, "--out", out]
+    again += ["--autoencoder", autoencoder, "--data", data]
+    again += ["--resolution", str(resolution), "--channels", str(channels)]
+    again += ["--flip" if flip else "--no-flip", "--batch", str(manifest.batch)]
+    again += ["--shard-size", str(manifest.shard_size), "--workers", str(workers)]
+    again += [*(["--limit", str(limit)] if limit else []), *(["--gpus"] if gpus else [])]
+    again += [*(["--address", address] if address else [])]
+    with locked_or_fail(folder, "latents folder"):
+        _encode(vae, cfg, folder, shards, manifest, workers, gpus, again)
+    _report_scale(folder, manifest)
+
+
+def _encode(vae, cfg, folder, shards, manifest, workers, gpus, again) -> None:
+    """The missing shards, with a progress bar; Ctrl-C keeps the finished ones."""
+    from loomray.latents.encode import encode_latents
+
     done = shards.finished(manifest.shards) if folder.is_dir() else set()
     if len(done) < manifest.shards:
         bar, update = shard_progress("rows", manifest.rows)
@@ -102,13 +127,6 @@ def encode_cmd(
             with bar:
                 made = encode_latents(vae, cfg, folder, manifest, workers, gpus, progress=update)
         except KeyboardInterrupt:
-            again = ["loomray", "encode", "--images", images, "--out", out]
-            again += ["--autoencoder", autoencoder, "--data", data]
-            again += ["--resolution", str(resolution), "--channels", str(channels)]
-            again += ["--flip" if flip else "--no-flip", "--batch", str(manifest.batch)]
-            again += ["--shard-size", str(manifest.shard_size), "--workers", str(workers)]
-            again += [*(["--limit", str(limit)] if limit else []), *(["--gpus"] if gpus else [])]
-            again += [*(["--address", address] if address else [])]
             console.print(
                 f"interrupted; finished shards are kept in {folder}. Continue with:\n  "
                 + shlex.join(again),
@@ -120,7 +138,6 @@ def encode_cmd(
             f"{plural(max(workers, 1), 'worker')} ({made.rows_per_s:.1f} rows/s)",
             markup=False,
         )
-    _report_scale(folder, manifest)
 
 
 def _report_scale(folder: Path, manifest) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from contextlib import ExitStack
 from pathlib import Path
 
 import typer
@@ -14,6 +15,7 @@ from loomray.cli import (
     _path_or_fail,
     _report_interrupt,
     _show_dashboard,
+    _starting,
     _warn_exposure,
     _worker_counts,
     app,
@@ -21,6 +23,7 @@ from loomray.cli import (
     console,
     fail,
     gpus_or_fail,
+    locked_or_fail,
     plural,
     scaling,
     shard_progress,
@@ -87,7 +90,7 @@ def pairs_cmd(
 ) -> None:
     """Make reflow pairs (noise seed, sample) from a model, in resumable Parquet shards."""
     from loomray.pairs import PairsError, check_folder
-    from loomray.train.launch import LaunchError, connect
+    from loomray.ray_cluster import LaunchError, connect
 
     if workers < 1:
         fail(f"--workers must be at least 1, got {workers}")
@@ -104,7 +107,8 @@ def pairs_cmd(
     again += ["--shard-size", str(manifest.shard_size), "--seed", str(manifest.seed)]
     again += ["--workers", str(workers), *(["--gpus"] if gpus else [])]
     again += [*(["--address", address] if address else [])]
-    made = _generate(payload, folder, manifest, workers, gpus, again)
+    with locked_or_fail(folder, "pairs folder"):
+        made = _generate(payload, folder, manifest, workers, gpus, again)
     if made is not None:
         console.print(
             f"made {made.rows_made} pairs ({manifest.sampler}) in {made.seconds:.1f} s on "
@@ -158,7 +162,10 @@ def reflow_cmd(
     again += [*(["--workers", str(workers)] if workers is not None else [])]
     again += [*([] if gpus is None else ["--gpus" if gpus else "--cpu"])]
     again += [*(["--address", address] if address else [])]
-    _reflow_stages(payload, cfg, manifest, run, folder, address, verbose, dashboard_host, again)
+    with locked_or_fail(run, "run dir"), ExitStack() as pairs_lock:
+        if not folder.resolve().is_relative_to(run.resolve()):  # else the run dir's lock holds
+            pairs_lock.enter_context(locked_or_fail(folder, "pairs folder"))
+        _reflow_stages(payload, cfg, manifest, run, folder, address, verbose, dashboard_host, again)
 
 
 def _reflow_stages(payload, cfg, manifest, run, folder, address, verbose, host, again) -> None:
@@ -166,11 +173,11 @@ def _reflow_stages(payload, cfg, manifest, run, folder, address, verbose, host, 
     from loomray.checkpoint import latest_step
     from loomray.data import DatasetError
     from loomray.pairs import PairsError, check_folder
+    from loomray.ray_cluster import connect
     from loomray.train.launch import (
         Interrupted,
         LaunchError,
         check_resources,
-        connect,
         launch,
         prepare_run_dir,
     )
@@ -178,10 +185,8 @@ def _reflow_stages(payload, cfg, manifest, run, folder, address, verbose, host, 
     try:
         prepare_run_dir(cfg, run, resume=False, write=False)
         check_folder(folder, manifest)
-        console.print("starting a local Ray..." if address is None else f"joining {address}...")
-        url = connect(address, quiet=not verbose, dashboard_host=host)
-        if url:
-            _show_dashboard(url)
+        console.print(_starting(address), markup=False)
+        _show_dashboard(connect(address, quiet=not verbose, dashboard_host=host))
         check_resources(cfg)
         prepare_run_dir(cfg, run, resume=False, write=True)
         workers, gpus = cfg.train.workers, cfg.train.gpus_per_worker > 0
@@ -257,7 +262,7 @@ def bench_pairs_cmd(
     """Reflow pairs/s with 1, 2, ... Ray workers (the same pairs every time)."""
     from loomray.bench.reflow import bench_pairs
     from loomray.pairs import PairsError
-    from loomray.train.launch import LaunchError, connect
+    from loomray.ray_cluster import LaunchError, connect
 
     counts = sorted(set(_worker_counts(workers)))
     if n < 1 or repeats < 1:
@@ -305,10 +310,11 @@ def bench_reflow_cmd(
         fail(f"--seeds, --pairs and --steps must be at least 1, got {seeds}, {pairs}, {steps}")
     count = n or cfg.eval.n
     try:
-        runs = run_reflow_study(
-            cfg, seeds, pairs, steps, sampler, folder, count,
-            log=lambda line: console.print(line, markup=False),
-        )
+        with locked_or_fail(folder, "output folder"):
+            runs = run_reflow_study(
+                cfg, seeds, pairs, steps, sampler, folder, count,
+                log=lambda line: console.print(line, markup=False),
+            )
     except (EvaluationError, DatasetError, PairsError, ReflowError) as err:
         fail(str(err))
     summary = summarize(runs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -608,6 +609,15 @@ def run_id(cfg: Config) -> str:
     """A short digest of ``run_identity``: the coupling service's files carry it."""
     text = json.dumps(run_identity(cfg), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_label(cfg: Config, run_dir: str | os.PathLike) -> str:
+    """How people and metrics tell runs apart: the run dir's name, and a digest of the
+    run's identity (its config and absolute run dir), so that two runs whose folders
+    share a name (``/a/runs/cifar10``, ``/b/runs/cifar10``) never meet."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    key = hashlib.sha256(f"{run_id(cfg)}\0{run_dir}".encode()).hexdigest()[:12]
+    return f"{run_dir.name}-{key}"
 
 
 def dump_config(cfg: Config) -> str:

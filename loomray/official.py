@@ -191,12 +191,13 @@ def convert_autoencoder(ae: dict[str, torch.Tensor]):
 
 def check_run_dir(run_dir: Path) -> None:
     """An import writes a new run dir only: an existing, non-empty one is refused."""
+    from loomray.locks import holds_anything
     from loomray.paths import PathError, folder_to_write
 
     try:
         folder_to_write(run_dir, "run dir")
     except PathError as err:
         raise ReleaseError(str(err)) from err
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if holds_anything(run_dir):
         raise ReleaseError(f"run dir {run_dir} is not empty; pass a new --run-dir")
 

@@ -105,6 +105,7 @@ class ShardFolder:
 
     def check(self) -> bool:
         """Can the folder hold these shards? True when it holds them already."""
+        from loomray.locks import holds_anything
         from loomray.paths import PathError, folder_to_write
 
         try:
@@ -121,7 +122,7 @@ class ShardFolder:
                     f"({changes[0]}{more}); pass another folder"
                 )
             return True
-        if self.folder.exists() and any(self.folder.iterdir()):
+        if holds_anything(self.folder):
             raise ShardsError(
                 f"{self.what} folder {self.folder} is not empty and holds no {self.what}; "
                 "pass another"

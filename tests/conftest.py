@@ -1,3 +1,16 @@
+"""Shared fixtures. Tests start private Ray clusters and end exactly those: a Ray held
+by the test process (``ray.shutdown``), or processes started in a session of their own
+and ended by that session's id, never `ray stop` (which ends every Ray on the machine,
+a user's running jobs included)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
 import pytest
 import torch
 
@@ -7,11 +20,143 @@ def ray_session():
     """One local Ray for the module's tests (it costs ~2 GB and seconds to start)."""
     import ray
 
-    from loomray.train.launch import connect
+    from loomray.ray_cluster import connect
 
     connect(None, quiet=True)
     yield
     ray.shutdown()
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def start_private(args: list[str], env: dict | None = None, log=None) -> subprocess.Popen:
+    """A process (and all it starts) in a session of its own, for ``stop_private``."""
+    return subprocess.Popen(
+        args,
+        env=env,
+        start_new_session=True,
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _session_members(sid: int) -> list[int]:
+    """The live (not zombie) processes of session ``sid``."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.getsid(int(name)) != sid:
+                    continue
+                with open(f"/proc/{name}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                out.append(int(name))
+    return out
+
+
+def stop_private(proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    """End ``proc``'s session: it and every process it started (Ray's GCS, raylet,
+    dashboard, workers), and nothing else on the machine."""
+    deadline = time.monotonic() + timeout_s
+    sig = signal.SIGTERM
+    while time.monotonic() < deadline:
+        proc.poll()  # reaps it once it has ended
+        members = _session_members(proc.pid)
+        if not members:
+            break
+        for pid in members:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        time.sleep(1)
+        sig = signal.SIGKILL  # Ray's processes may ignore the polite one
+    proc.wait(timeout=10)
+
+
+def ray_node(*args: str, env: dict) -> subprocess.Popen:
+    """`ray start --block ...` in a session of its own (stop it with ``stop_private``);
+    a head gets a short private temp dir (socket paths are limited to 107 bytes), so
+    the machine's /tmp/ray is left alone."""
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    extra = [f"--temp-dir={temp}"] if "--head" in args else []
+    return start_private([ray_bin, "start", "--block", *args, *extra], env=env)
+
+
+def wait_for_port(port: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"nothing listens on port {port} after {timeout_s} s")
+
+
+WAIT_FOR_NODES = """
+import sys, time
+import ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+deadline = time.monotonic() + float(sys.argv[3])
+while sum(n["Alive"] for n in ray.nodes()) < int(sys.argv[2]):
+    assert time.monotonic() < deadline, f"{sys.argv[2]} nodes did not join in time"
+    time.sleep(0.5)
+"""
+
+
+def wait_for_nodes(address: str, count: int, env: dict, timeout_s: float = 120) -> None:
+    """Until the cluster at ``address`` has ``count`` live nodes (`ray start --block`
+    returns before a node has joined)."""
+    run = subprocess.run(
+        [sys.executable, "-c", WAIT_FOR_NODES, address, str(count), str(timeout_s)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s + 60,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+OTHER_LOOMRAY = """
+import pathlib, sys, time
+import ray
+from loomray.ray_cluster import connect
+connect(None, quiet=True)
+pathlib.Path(sys.argv[1]).write_text(ray.get_runtime_context().gcs_address)
+time.sleep(3600)
+"""
+
+
+@pytest.fixture(scope="module")
+def other_loomray_cluster(tmp_path_factory):
+    """Another loomray command's local Ray on this machine (a process of its own, as a
+    second `loomray train` or `evaluate` would be): its GCS address."""
+    folder = tmp_path_factory.mktemp("other-ray")
+    log, found = folder / "out.txt", folder / "address"
+    with open(log, "w") as out:
+        proc = start_private([sys.executable, "-c", OTHER_LOOMRAY, str(found)], log=out)
+    try:
+        deadline = time.monotonic() + 120
+        while not found.is_file() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.5)
+        yield found.read_text()
+    finally:
+        stop_private(proc)
 
 
 @pytest.fixture(scope="session")

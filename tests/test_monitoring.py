@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 import ray
 
-from loomray.config import load_config
-from loomray.train.launch import connect, launch
+from loomray.config import load_config, run_label
+from loomray.ray_cluster import connect
+from loomray.train.launch import launch
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 STEPS = 1200
@@ -70,7 +71,7 @@ def live_run(tmp_path_factory):
     while time.time() < deadline and "s" not in service:
         time.sleep(0.5)
     assert "s" in service, result.get("error")
-    yield {"url": url, "run": run_dir.name, "thread": thread, "result": result}
+    yield {"url": url, "run": run_label(cfg, run_dir), "thread": thread, "result": result}
     thread.join(timeout=600)
     ray.shutdown()
     os.environ.pop("RAY_metrics_report_interval_ms", None)

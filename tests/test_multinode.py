@@ -4,21 +4,11 @@ the coupling service must serve both."""
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from conftest import free_ports, ray_node, stop_private, wait_for_nodes, wait_for_port
 
 
 def _ray(*args, env):
@@ -28,12 +18,14 @@ def _ray(*args, env):
 
 @pytest.fixture(scope="module")
 def two_nodes():
+    """A head and a second node, each `ray start --block` in a session of its own and
+    ended by it: no other Ray on the machine is touched."""
     # The nodes never see loomray's settings: only the driver has them.
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOMRAY_")}
     env["RAY_AUTH_MODE"] = "token"
     out = _ray("get-auth-token", "--generate", env=env)  # token auth stays on
     assert out.returncode == 0, out.stderr
-    gcs, dash, client, *head_ports = _free_ports(7)
+    gcs, dash, client, *head_ports = free_ports(7)
 
     def node(ports):
         """What every node gets of its own: one CPU, no GPU, its own agent ports."""
@@ -48,24 +40,26 @@ def two_nodes():
             "--disable-usage-stats",
         ]
 
-    head = _ray(
-        "start",
-        "--head",
-        f"--port={gcs}",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}",
-        f"--ray-client-server-port={client}",
-        *node(head_ports),
-        env=env,
-    )
-    assert head.returncode == 0, head.stdout + head.stderr
+    nodes = [
+        ray_node(
+            "--head",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--ray-client-server-port={client}",
+            *node(head_ports),
+            env=env,
+        )
+    ]
     try:
+        wait_for_port(gcs)
         # chosen only now: the head's start binds many ports of its own
-        second = _ray("start", f"--address=127.0.0.1:{gcs}", *node(_free_ports(4)), env=env)
-        assert second.returncode == 0, second.stdout + second.stderr
+        nodes.append(ray_node(f"--address=127.0.0.1:{gcs}", *node(free_ports(4)), env=env))
+        wait_for_nodes(f"127.0.0.1:{gcs}", 2, env)
         yield f"127.0.0.1:{gcs}", env
     finally:
-        _ray("stop", "--force", env=env)
+        for proc in reversed(nodes):
+            stop_private(proc)
 
 
 def test_train_spreads_over_two_nodes_and_the_service_serves_both(two_nodes, tmp_path):
@@ -113,7 +107,7 @@ def test_train_spreads_over_two_nodes_and_the_service_serves_both(two_nodes, tmp
 def test_driver_settings_carry_every_loomray_variable_with_absolute_paths(
     monkeypatch, tmp_path
 ):
-    from loomray.train.launch import driver_settings
+    from loomray.ray_cluster import driver_settings
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LOOMRAY_FID_WEIGHTS", "weights/pt_inception.pth")

@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from loomray.cli import app
-from loomray.train.launch import security_warnings
+from loomray.ray_cluster import security_warnings
 
 
 def test_loopback_with_auth_is_quiet(monkeypatch):
@@ -48,7 +48,7 @@ def test_local_ray_starts_without_dashboard_when_asked(monkeypatch, value, wante
     Ray's dashboard extras); token auth and everything else stay as they are."""
     import ray
 
-    from loomray.train import launch
+    from loomray import ray_cluster
 
     seen = {}
 
@@ -61,12 +61,15 @@ def test_local_ray_starts_without_dashboard_when_asked(monkeypatch, value, wante
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", fake_init)
-    monkeypatch.setattr(launch, "_DASHBOARD", {})
+    monkeypatch.setattr(ray_cluster, "_DASHBOARD", {})
+    monkeypatch.setattr(ray_cluster, "_register_local", lambda url: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     if value is None:
         monkeypatch.delenv("LOOMRAY_DASHBOARD", raising=False)
     else:
         monkeypatch.setenv("LOOMRAY_DASHBOARD", value)
-    url = launch.connect(None, quiet=True)
+    url = ray_cluster.connect(None, quiet=True)
+    assert seen["address"] == "local"  # never a cluster that `ray start` began
     assert seen["include_dashboard"] is wanted
     assert seen["dashboard_host"] == "127.0.0.1"
     assert (url is not None) is wanted

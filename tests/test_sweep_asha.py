@@ -52,7 +52,9 @@ SPEC = {
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, other_loomray_cluster):
+    """The sweep runs beside another loomray command's local Ray, as on a shared
+    workstation: Ray Train's helpers must not lose their way to their own cluster."""
     tmp = tmp_path_factory.mktemp("asha")
     (tmp / "asha.yaml").write_text(yaml.safe_dump(SPEC))
     run = subprocess.run(

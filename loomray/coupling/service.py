@@ -75,6 +75,11 @@ class ServiceSpec:
     pairs: str | None = None
     """The pairs coupling (reflow): the pairs folder whose rows' noise seeds it serves
     (read by the service itself, so a restarted actor needs no arguments kept alive)."""
+    run_dir: str | None = None
+    """The run dir's absolute path, for `loomray status`."""
+    driver: dict[str, Any] | None = None
+    """The driver that started it (pid, host, Ray job): a second driver of the same run
+    is refused while this one lives (``loomray.train.launch.claim_service_name``)."""
 
 
 @dataclass
@@ -425,6 +430,7 @@ class CouplingService:
         hist = list(self.history)
         out: dict[str, Any] = {
             "run": self.spec.run,
+            "run_dir": self.spec.run_dir,
             "kind": self.spec.kind,
             "world": self.spec.world,
             "step": (self.next_step - 1) if self.next_step is not None else -1,
@@ -471,3 +477,7 @@ class CouplingService:
 
     def ping(self) -> bool:
         return True
+
+    def holder(self) -> dict[str, Any] | None:
+        """The driver that started this service (pid, host, Ray job)."""
+        return self.spec.driver

@@ -7,6 +7,7 @@ import time
 
 import yaml
 
+from loomray.locks import holds_anything, lock_folder
 from loomray.paths import PathError, folder_to_write
 from loomray.sweep.spec import SweepError, SweepSpec
 from loomray.sweep.summary import SweepResult, summarize
@@ -39,7 +40,7 @@ def prepare_sweep_dir(spec: SweepSpec, resume: bool) -> bool:
         return True
     if resume:
         raise SweepError(f"nothing to resume: {d} holds no sweep")
-    if d.exists() and any(d.iterdir()):
+    if holds_anything(d):
         raise SweepError(f"{d} is not empty and holds no sweep; pass another --storage")
     return False
 
@@ -53,12 +54,23 @@ def run_sweep(
     on_dashboard=None,
     dashboard_host: str = "127.0.0.1",
 ) -> SweepResult:
-    """Run (or resume) a sweep and write its table, best config and plot."""
+    """Run (or resume) a sweep and write its table, best config and plot. The sweep
+    dir is locked meanwhile: a second sweep into it is refused, naming this one."""
+    prepare_sweep_dir(spec, resume)  # nothing is made for a wrong one
+    with lock_folder(spec.dir, "sweep dir", advice=SWEEP_BUSY, error=SweepError):
+        return _run_sweep(spec, resume, address, quiet, verbose, on_dashboard, dashboard_host)
+
+
+SWEEP_BUSY = "wait for it to finish, or pass --storage DIR for a new sweep"
+
+
+def _run_sweep(spec, resume, address, quiet, verbose, on_dashboard, dashboard_host):
     from ray import tune
 
     from loomray.data import build_dataset
+    from loomray.ray_cluster import connect
     from loomray.sweep.search import make_scheduler, make_searcher
-    from loomray.train.launch import check_resources, connect
+    from loomray.train.launch import check_resources
 
     resumed = prepare_sweep_dir(spec, resume)
     # Intermediate results carry ASHA's reference-sampler score and final ones the
@@ -69,7 +81,7 @@ def run_sweep(
     cfg, _ = spec.trial_config({})  # every trial has the spec's resources
     build_dataset(cfg)  # missing data fails here, not in every trial
     url = connect(address, quiet=quiet, dashboard_host=dashboard_host)
-    if url and on_dashboard is not None:
+    if on_dashboard is not None:
         on_dashboard(url)
     check_resources(cfg)
     spec.dir.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ def _evaluate_checkpoint(checkpoint: str, method: str, n: int, threads: int) -> 
 
 
 def _train_model(
-    cfg: Config, method: str, model_dir: Path, metric: str, reference: str | None
+    cfg: Config, method: str, model_dir: Path, metric: str, reference: str | None, holder: str
 ) -> dict[str, Any]:
     from loomray.checkpoint import resolve_checkpoint
     from loomray.train.launch import launch
@@ -75,6 +75,7 @@ def _train_model(
         progress=False,
         quiet=True,
         callbacks=callbacks,
+        holder=holder,
     )
     if result.checkpoint is not None:
         ckpt = result.checkpoint / CHECKPOINT_FILE
@@ -123,7 +124,8 @@ def run_trial(params: dict[str, Any], spec: SweepSpec) -> None:
             return _pruned(spec, trial_id, key, method, pruned)
         if done is None:
             reference = spec.scheduler["sampler"] if spec.scheduler else None
-            done = _train_model(cfg, method, model_dir, spec.metric, reference)
+            holder = f"trial {trial_id} of sweep {spec.dir}"
+            done = _train_model(cfg, method, model_dir, spec.metric, reference, holder)
             ev = done.pop("eval", None)
             if ev is not None:
                 _write_json(model_dir / "evals" / f"{method}.json", ev)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loomray.config import Config
+from loomray.config import Config, run_label
 
 
 def _gather(obj, world: int) -> list:
@@ -42,6 +42,7 @@ class TrainingEvaluation:
 
     def __init__(self, cfg: Config, device: torch.device, run_dir: Path, rank: int, world: int):
         self.cfg, self.device, self.run_dir = cfg, device, run_dir
+        self.label = run_label(cfg, run_dir)  # the metrics' run tag, as the service's
         self.rank, self.world = rank, world
         self.evaluator = None
         self.disabled = False
@@ -158,5 +159,5 @@ class TrainingEvaluation:
         for r in rows:
             out[f"{r.metric}/{r.method}"] = r.value
             out[f"nfe/{r.method}"] = r.nfe
-            self.gauge.set(r.value, tags={"run": self.run_dir.name, "method": r.method})
+            self.gauge.set(r.value, tags={"run": self.label, "method": r.method})
         return out

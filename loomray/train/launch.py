@@ -7,7 +7,8 @@ folder per checkpoint with ``checkpoint.pt`` and ``table.parquet``), the couplin
 service's snapshots (``coupling/``), ``metrics.jsonl`` and ``samples/``.
 Launching into a directory that holds the same run resumes it from its latest
 checkpoint (Ray Train V2 restores a run of the same storage path and name); a
-directory holding another run, or anything else, is refused untouched.
+directory holding another run, or anything else, is refused untouched, and so is a
+run dir that another process writes into (``loomray.locks``).
 """
 
 from __future__ import annotations
@@ -30,42 +31,16 @@ from loomray.config import (
     dump_config,
     run_id,
     run_identity,
+    run_label,
 )
 from loomray.coupling.service import CouplingService, ServiceSpec
 from loomray.data import build_dataset
 from loomray.latents.autoencoder import AutoencoderError
+from loomray.locks import holds_anything, lock_folder
 from loomray.paths import PathError, folder_to_write
+from loomray.ray_cluster import NAMESPACE, LaunchError, connect
 
-NAMESPACE = "loomray"
 SERVICE_PREFIX = "coupling:"
-RAY_ENV = {
-    # A report blocks until the Train controller's next poll (default 2 s).
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
-}
-
-
-# loomray's own settings (``LOOMRAY_*``) that hold paths: sent on as absolute paths,
-# since workers and tasks run in other working directories.
-PATH_SETTINGS = ("LOOMRAY_CACHE", "LOOMRAY_FID_WEIGHTS", "LOOMRAY_PAPER_FID_WEIGHTS")
-# Other settings of the driver that the job's processes must share when set.
-FORWARDED = ("TUNE_DISABLE_STRICT_METRIC_CHECKING",)
-
-
-def driver_settings() -> dict[str, str]:
-    """The environment every worker, actor and task of the job gets: Ray's settings
-    above and every ``LOOMRAY_*`` variable of the driver (FID weights, the cache), so
-    nodes that never saw them behave like the driver."""
-    out = {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}
-    out.update({k: v for k, v in os.environ.items() if k.startswith("LOOMRAY_")})
-    out.update({k: os.environ[k] for k in FORWARDED if k in os.environ})
-    for key in PATH_SETTINGS:
-        if out.get(key):
-            out[key] = str(Path(out[key]).expanduser().resolve())
-    return out
-
-
-class LaunchError(ValueError):
-    """The run cannot start as asked; the message says why and what to do."""
 
 
 class Interrupted(Exception):
@@ -140,7 +115,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True
         return True
     if resume:
         raise LaunchError(f"nothing to resume: {run_dir} holds no loomray run")
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if holds_anything(run_dir):
         raise LaunchError(
             f"run dir {run_dir} is not empty and holds no loomray run; pass another --run-dir"
         )
@@ -148,105 +123,6 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True
         run_dir.mkdir(parents=True, exist_ok=True)
         config_path.write_text(dump_config(cfg))
     return False
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-NO = ("0", "false", "no", "off")
-YES = ("", "1", "true", "yes", "on")
-
-
-def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
-    """Fail in seconds on a cluster address nothing answers at (Ray itself retries for
-    minutes). ``auto`` and None are left to Ray: they find a local cluster or none."""
-    if address in (None, "auto", "local"):
-        return
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise LaunchError(
-            f"--address {address} is not host:port, ray://host:port or auto"
-        )
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise LaunchError(
-            f"cannot reach the Ray cluster at {address}: nothing answers on {host}:{port} "
-            f"({reason.lower()})"
-        ) from err
-
-
-def security_warnings(dashboard_host: str = "127.0.0.1") -> list[str]:
-    """What is unsafe about how Ray is about to be exposed (empty when nothing is)."""
-    out = []
-    if dashboard_host not in LOOPBACK:
-        out.append(
-            f"the Ray dashboard will listen on {dashboard_host}, not 127.0.0.1: anyone who "
-            "can reach it and holds the token can submit jobs, i.e. run code on this machine; "
-            "prefer an SSH port-forward (docs/cluster.md)"
-        )
-    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-        out.append(
-            "RAY_AUTH_MODE=disabled turns Ray's token authentication off: anyone who reaches "
-            "the dashboard or the GCS can run code on the cluster (ShadowRay, CVE-2023-48022)"
-        )
-    return out
-
-
-def connect(
-    address: str | None, quiet: bool = False, dashboard_host: str = "127.0.0.1"
-) -> str | None:
-    """Join ``address`` (``auto``, ``ray://host:10001``) or start a local Ray.
-
-    Returns the dashboard URL when known. A local Ray binds its dashboard to
-    ``dashboard_host`` (127.0.0.1 unless asked otherwise) and keeps Ray's token
-    authentication on (see ``security_warnings``); ``LOOMRAY_DASHBOARD=0`` starts it
-    without the dashboard (a machine without Ray's dashboard extras, say).
-    """
-    import logging
-
-    import ray
-
-    # Ray warns on every start that token authentication is on; it is what we want.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
-        logging.ERROR
-    )
-    dashboard = dashboard_wanted()  # a bad setting fails even when Ray is up
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    if ray.is_initialized():
-        return _DASHBOARD.get("url")
-    check_reachable(address)
-    runtime_env = {"env_vars": driver_settings()}
-    if address is None:
-        info = ray.init(
-            include_dashboard=dashboard,
-            dashboard_host=dashboard_host,
-            runtime_env=runtime_env,
-            log_to_driver=not quiet,
-            namespace=NAMESPACE,
-        )
-    else:
-        info = ray.init(
-            address=address, runtime_env=runtime_env, log_to_driver=not quiet, namespace=NAMESPACE
-        )
-    url = getattr(info, "dashboard_url", None)
-    _DASHBOARD["url"] = f"http://{url}" if url and not url.startswith("http") else url
-    return _DASHBOARD["url"]
-
-
-_DASHBOARD: dict[str, str | None] = {}
-
-
-def dashboard_wanted() -> bool:
-    """Whether a local Ray starts its dashboard: ``LOOMRAY_DASHBOARD`` 1, true, yes, on
-    or unset (the default), or 0, false, no, off; LaunchError for anything else."""
-    value = os.environ.get("LOOMRAY_DASHBOARD", "").strip().lower()
-    if value not in (*YES, *NO):
-        raise LaunchError(
-            f"LOOMRAY_DASHBOARD must be 1 or 0 (true/false, yes/no, on/off), got "
-            f"{os.environ['LOOMRAY_DASHBOARD']!r}"
-        )
-    return value not in NO
 
 
 def check_resources(cfg: Config) -> None:
@@ -272,22 +148,80 @@ def check_resources(cfg: Config) -> None:
         )
 
 
-def service_name(run_dir: Path) -> str:
-    return f"{SERVICE_PREFIX}{run_dir.resolve().name}"
+def service_name(cfg: Config, run_dir: Path) -> str:
+    """The coupling service's actor name: ``coupling:`` and the run's label (its run
+    dir's name for people, and a digest of its identity, ``loomray.config.run_label``)."""
+    return f"{SERVICE_PREFIX}{run_label(cfg, run_dir)}"
+
+
+def _driver() -> dict[str, Any]:
+    """Who starts a service: this process and its Ray job."""
+    import ray
+
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "job": ray.get_runtime_context().get_job_id(),
+    }
+
+
+def _orphaned(holder: dict[str, Any] | None, me: dict[str, Any]) -> bool:
+    """Whether the driver that started a service is this one, or gone (a service whose
+    driver died goes with it, but not at once)."""
+    import ray
+
+    if holder is None or (holder["pid"], holder["host"]) == (me["pid"], me["host"]):
+        return True
+    if holder["host"] == me["host"]:
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            pass
+    jobs = {j["JobID"]: j for j in ray._private.state.jobs()}
+    return jobs.get(holder["job"], {}).get("IsDead", True)
+
+
+def claim_service_name(name: str, run_dir: Path) -> None:
+    """Free ``name`` for this driver: a service of this run left by this driver or by a
+    dead one is ended; one that another live driver holds means the run is busy."""
+    import ray
+
+    try:
+        old = ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return
+    try:
+        holder = ray.get(old.holder.remote(), timeout=10)
+    except Exception:  # dying, or not answering: nobody can be using it
+        holder = None
+    if not _orphaned(holder, _driver()):
+        raise LaunchError(
+            f"run dir {run_dir} is in use: its coupling service belongs to the loomray driver "
+            f"with pid {holder['pid']} on {holder['host']}; wait for that run to end, or pass "
+            "another --run-dir"
+        )
+    ray.kill(old)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # its name is free once Ray has ended it
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.1)
+    raise LaunchError(f"the coupling service {name} of an earlier driver does not end")
 
 
 def start_service(cfg: Config, rows: int, run_dir: Path):
     """The CouplingService actor, created here on the driver and never in a worker."""
     import ray
 
-    name = service_name(run_dir)
+    name = service_name(cfg, run_dir)
     pairs_root = None  # the pairs coupling reads its rows' seeds from the pairs folder
     if cfg.coupling.kind == "pairs":
         pairs_root = str(Path(cfg.data.root).expanduser().resolve())
-    try:  # an actor left by a crashed driver of this run dir
-        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
-    except ValueError:
-        pass
+    claim_service_name(name, run_dir)
     spec = ServiceSpec(
         kind=cfg.coupling.kind,
         rows=rows,
@@ -298,9 +232,11 @@ def start_service(cfg: Config, rows: int, run_dir: Path):
         snapshot_dir=str((run_dir / "coupling").resolve()),
         snapshot_every=cfg.coupling.snapshot_every,
         timeout_s=cfg.coupling.timeout_s,
-        run=run_dir.resolve().name,
+        run=run_label(cfg, run_dir),
         run_id=run_id(cfg),
         pairs=pairs_root,
+        run_dir=str(run_dir.resolve()),
+        driver=_driver(),
     )
     actor = ray.remote(CouplingService).options(
         name=name,
@@ -399,19 +335,17 @@ def launch(
     on_ready=None,
     callbacks: list | None = None,
     dashboard_host: str = "127.0.0.1",
+    holder: str | None = None,
 ) -> TrainResult:
     """Run (or resume) training.
 
-    Checks come first and fail in seconds: the dataset, the cluster's resources,
-    the run dir. ``on_dashboard(url)`` and ``on_ready(service)`` are called as
-    soon as those exist (the CLI prints the URL; tests inject faults).
-    ``callbacks`` are Ray Train callbacks (a sweep passes one that reports to Tune)."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from loomray.train.worker import train_worker
-
+    Checks come first and fail in seconds: the dataset, the run dir and whether
+    another process writes into it (the run dir is locked until the run ends), the
+    cluster's resources. ``on_dashboard(url)`` (url None without a dashboard) and
+    ``on_ready(service)`` are called as soon as those exist (the CLI prints the URL
+    and the `loomray status` command; tests inject faults). ``callbacks`` are Ray
+    Train callbacks (a sweep passes one that reports to Tune); ``holder`` is how the
+    run dir's lock names this process to others (default: its command line)."""
     run_dir = Path(run_dir).expanduser()
     dataset = build_dataset(cfg)  # fail on missing data before starting anything
     prepare_run_dir(cfg, run_dir, resume, write=False)  # and on a wrong run dir
@@ -423,14 +357,27 @@ def launch(
             output_decoder(cfg)
     except (CheckpointError, AutoencoderError) as err:
         raise LaunchError(str(err)) from err
-    url = connect(address, quiet=quiet, dashboard_host=dashboard_host)
-    if url and on_dashboard is not None:
-        on_dashboard(url)
-    check_resources(cfg)
-    resumed = prepare_run_dir(cfg, run_dir, resume)
-    service = start_service(cfg, len(dataset), run_dir)
-    if on_ready is not None:
-        on_ready(service)
+    # and on a run dir that another process writes into
+    with lock_folder(run_dir, "run dir", holder, error=LaunchError):
+        url = connect(address, quiet=quiet, dashboard_host=dashboard_host)
+        if on_dashboard is not None:
+            on_dashboard(url)
+        check_resources(cfg)
+        resumed = prepare_run_dir(cfg, run_dir, resume)
+        service = start_service(cfg, len(dataset), run_dir)
+        if on_ready is not None:
+            on_ready(service)
+        return _train(cfg, run_dir, service, resumed, progress, callbacks)
+
+
+def _train(cfg: Config, run_dir: Path, service, resumed: bool, progress: bool, callbacks):
+    """Ray Train's TorchTrainer against the started service, to ``train.steps``."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from loomray.train.worker import train_worker
+
     t = cfg.train
     trainer = TorchTrainer(
         train_worker,

@@ -13,7 +13,8 @@ from loomray.config import load_config
 from loomray.latents.autoencoder import load_autoencoder
 from loomray.latents.encode import encode_latents, plan_latents
 from loomray.latents.store import read_latents
-from loomray.train.launch import connect, launch
+from loomray.ray_cluster import connect
+from loomray.train.launch import launch
 
 SIDE = 16
 

@@ -130,7 +130,8 @@ def saboteur(service, plan, events, status_output):
             ray.kill(service, no_restart=False)
         else:
             workers = list_actors(
-                filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+                address=ray.get_runtime_context().gcs_address,  # never another Ray's
+                filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
             )
             os.kill(workers[-1]["pid"], signal.SIGKILL)
         events.append(f"{what} killed at {target}")
@@ -166,7 +167,9 @@ def test_killed_service_and_workers_change_nothing(fault_reference, tmp_path, pl
     for part in ("model", "ema"):
         for k, v in want[part].items():
             assert torch.equal(got[part][k], v), f"{part}.{k} differs after the faults"
-    assert "run faults" in status_output[0] and "loom, 2 workers" in status_output[0]
+    # `loomray status` names the run by its run dir
+    assert f"run {tmp_path / 'faults'}" in status_output[0]
+    assert "loom, 2 workers" in status_output[0]
 
 
 def write_fake_cifar(root):
