@@ -590,8 +590,8 @@ def table_cmd(
 
 
 def _pick_local_cluster() -> str:
-    """The local Ray cluster `loomray status` looks at: the one loomray cluster here, or
-    the one the user picks from the list (exit 2 with the list when nobody can pick)."""
+    """The local Ray cluster `loomray status` looks at: the one on this machine, or the
+    one the user picks from the list (exit 2 with the list when nobody can pick)."""
     import sys
 
     from loomray.ray_cluster import local_clusters
@@ -600,29 +600,24 @@ def _pick_local_cluster() -> str:
     if not clusters:
         console.print("no Ray cluster runs on this machine; pass the --address of a remote one")
         raise typer.Exit(code=1)
-    ours = [c for c in clusters if "command" in c] or clusters
-    others = len(clusters) - len(ours)
-    if others:
-        console.print(
-            f"({plural(others, 'other Ray cluster')} also run here; --address shows one)",
-            markup=False,
-        )
-    if len(ours) == 1:
-        return ours[0]["address"]
-    table = Table(title="loomray clusters on this machine", title_justify="left")
-    for col in ("#", "address", "started by", "pid", "since", "dashboard"):
+    if len(clusters) == 1:
+        return clusters[0]["address"]
+    table = Table(title="Ray clusters on this machine", title_justify="left")
+    for col in ("#", "address", "loomray commands (pid)", "since", "dashboard"):
         table.add_column(col, overflow="fold")
-    for i, c in enumerate(ours, 1):
-        since = time.strftime("%H:%M:%S", time.localtime(c["since"])) if "since" in c else "-"
-        row = (c["address"], c.get("command", "-"), str(c.get("pid", "-")), since)
-        table.add_row(str(i), *row, c.get("dashboard") or "-")
+    for i, c in enumerate(clusters, 1):
+        uses = c["commands"]
+        since = time.strftime("%H:%M:%S", time.localtime(uses[0]["since"])) if uses else "-"
+        who = "; ".join(f"{u['command']} ({u['pid']})" for u in uses) or "- (not loomray's)"
+        dashboard = next((u["dashboard"] for u in uses if u.get("dashboard")), None)
+        table.add_row(str(i), c["address"], who, since, dashboard or "-")
     console.print(table)
     if sys.stdin.isatty():
-        pick = typer.prompt("which one", type=click.IntRange(1, len(ours)))
-        return ours[pick - 1]["address"]
+        pick = typer.prompt("which one", type=click.IntRange(1, len(clusters)))
+        return clusters[pick - 1]["address"]
     fail(
-        f"{len(ours)} loomray clusters run on this machine; pass --address with one of them, "
-        f"e.g. loomray status --address {ours[-1]['address']}"
+        f"{len(clusters)} Ray clusters run on this machine; pass --address with one of them, "
+        f"e.g. loomray status --address {clusters[-1]['address']}"
     )
 
 
@@ -987,11 +982,9 @@ def bench_quality_cmd(
     out: str = typer.Option("bench-quality", help="Folder for the table (JSON) and the plot."),
 ) -> None:
     """Independent vs minibatch-OT vs LOOM: same model, steps and seeds; quality per NFE."""
-    import json
 
-    import numpy as np
 
-    from loomray.bench.quality import KINDS, METHODS, plot_quality, run_quality, summarize
+    from loomray.bench.quality import METHODS, run_quality
     from loomray.data import DatasetError
     from loomray.evaluate import EvaluationError
     from loomray.paths import folder_to_write
@@ -1001,13 +994,22 @@ def bench_quality_cmd(
     folder = _path_or_fail(folder_to_write, out, "--out")
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
-    try:
-        with locked_or_fail(folder, "output folder"):
+    with locked_or_fail(folder, "output folder"):
+        try:
             runs, global_pair, metric = run_quality(
                 cfg, seeds, METHODS, n, log=lambda line: console.print(line)
             )
-    except (EvaluationError, DatasetError) as err:
-        fail(str(err))
+        except (EvaluationError, DatasetError) as err:
+            fail(str(err))
+        _quality_table(cfg, seeds, runs, metric, global_pair)
+        _write_quality(folder, cfg, seeds, runs, metric, global_pair)
+
+
+def _quality_table(cfg, seeds: int, runs, metric: str, global_pair: float) -> None:
+    import numpy as np
+
+    from loomray.bench.quality import KINDS, METHODS, summarize
+
     summary = summarize(runs)
     table = Table(
         title=f"{cfg.name}: {metric.upper()} (mean ± std over {seeds} seeds), "
@@ -1024,6 +1026,13 @@ def bench_quality_cmd(
     table.add_row("pair cost", *(f"{summary[k]['pair_cost'][0]:.4f}" for k in KINDS))
     table.add_row("global OT pair cost", *(f"{global_pair:.4f}" for _ in KINDS))
     console.print(table)
+
+
+def _write_quality(folder: Path, cfg, seeds: int, runs, metric: str, global_pair: float) -> None:
+    import json
+
+    from loomray.bench.quality import plot_quality, summarize
+
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "quality.json").write_text(
         json.dumps(
@@ -1037,7 +1046,7 @@ def bench_quality_cmd(
         )
     )
     plot = plot_quality(
-        summary,
+        summarize(runs),
         runs,
         metric,
         folder / "quality.png",

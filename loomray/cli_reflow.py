@@ -295,9 +295,8 @@ def bench_reflow_cmd(
     out: str = typer.Option("bench-reflow", help="Folder for runs, the table and the plot."),
 ) -> None:
     """Reflow from independent, minibatch-OT and LOOM models alike: FID before and after."""
-    import json
 
-    from loomray.bench.reflow import KINDS, METHODS, plot_reflow, run_reflow_study, summarize
+    from loomray.bench.reflow import run_reflow_study
     from loomray.data import DatasetError
     from loomray.evaluate import EvaluationError
     from loomray.pairs import PairsError
@@ -309,14 +308,23 @@ def bench_reflow_cmd(
     if min(seeds, pairs, steps) < 1:
         fail(f"--seeds, --pairs and --steps must be at least 1, got {seeds}, {pairs}, {steps}")
     count = n or cfg.eval.n
-    try:
-        with locked_or_fail(folder, "output folder"):
+    with locked_or_fail(folder, "output folder"):
+        try:
             runs = run_reflow_study(
                 cfg, seeds, pairs, steps, sampler, folder, count,
                 log=lambda line: console.print(line, markup=False),
             )
-    except (EvaluationError, DatasetError, PairsError, ReflowError) as err:
-        fail(str(err))
+        except (EvaluationError, DatasetError, PairsError, ReflowError) as err:
+            fail(str(err))
+        _reflow_study_outputs(folder, cfg, runs, seeds, pairs, steps, sampler, count)
+
+
+def _reflow_study_outputs(folder, cfg, runs, seeds, pairs, steps, sampler, count) -> None:
+    """The table, reflow.json and the plot of `bench reflow`."""
+    import json
+
+    from loomray.bench.reflow import KINDS, METHODS, plot_reflow, summarize
+
     summary = summarize(runs)
     table = Table(title=f"{cfg.name}: FID before -> after reflow (mean ± std, {seeds} seeds)")
     table.add_column("sampler")

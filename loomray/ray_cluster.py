@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +52,7 @@ def pin_to_own_cluster() -> None:
     import ray
 
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    os.environ.pop("RAY_API_SERVER_ADDRESS", None)  # the State API would take it first
 
 
 def driver_settings() -> dict[str, str]:
@@ -175,8 +177,8 @@ def connect(
     url = getattr(info, "dashboard_url", None)
     _DASHBOARD["url"] = f"http://{url}" if url and not url.startswith("http") else url
     _DASHBOARD["joined"] = address if address and address.startswith("ray://") else None
-    if address is None:
-        _register_local(_DASHBOARD["url"])
+    if not _DASHBOARD["joined"]:
+        _register(_DASHBOARD["url"], started=address is None)
     return _DASHBOARD["url"]
 
 
@@ -187,52 +189,78 @@ def status_address() -> str:
     return _DASHBOARD.get("joined") or ray.get_runtime_context().gcs_address
 
 
-def local_clusters_dir() -> Path:
-    """Where the local clusters loomray started are listed (one JSON file each)."""
+def local_clusters_dir() -> Path | None:
+    """Where this user's loomray commands list the local clusters they use (one JSON
+    file each): a folder of this user's only, else None (nothing is listed)."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     uid = os.getuid() if hasattr(os, "getuid") else 0
-    return Path(tempfile.gettempdir()) / f"loomray-{uid}" / "clusters"
+    folder = Path(base) / f"loomray-{uid}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
+    except OSError:
+        return None
+    # another user could have made it first, to read or redirect what is written there
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        return None
+    return folder
 
 
-def _register_local(dashboard: str | None) -> None:
-    """List the local cluster this process started, for `loomray status`."""
+def _register(dashboard: str | None, started: bool) -> None:
+    """List the local cluster this process started or joined, for `loomray status`."""
     import ray
 
     from loomray.locks import this_command
 
     address = ray.get_runtime_context().gcs_address
+
     folder = local_clusters_dir()
+    if folder is None:
+        return
+    entry = {
+        "address": address,
+        "dashboard": dashboard,
+        "pid": os.getpid(),
+        "command": this_command(),
+        "since": time.time(),
+        "started": started,
+    }
+    name = folder / f"{address.replace(':', '_')}-{os.getpid()}.json"
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        entry = {
-            "address": address,
-            "dashboard": dashboard,
-            "pid": os.getpid(),
-            "command": this_command(),
-            "since": time.time(),
-        }
-        (folder / f"{address.replace(':', '_')}.json").write_text(json.dumps(entry))
-    except OSError:  # listing is a convenience; a read-only /tmp must not stop a run
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(entry))
+    except OSError:  # listing is a convenience; it must not stop a run
         pass
 
 
 def local_clusters() -> list[dict]:
-    """The Ray clusters running on this machine, oldest first: ``address``, and for
-    those a loomray command started, its ``command``, ``pid``, ``dashboard``, ``since``."""
+    """The Ray clusters running on this machine, oldest first: ``address``, and the
+    loomray commands that use it (``commands``: their command, pid, whether they
+    started it, since when, the dashboard)."""
     from ray._private.services import find_gcs_addresses
 
     live = set(find_gcs_addresses())
-    known = {}
-    for path in local_clusters_dir().glob("*.json"):
+    commands: dict[str, list[dict]] = {a: [] for a in live}
+    folder = local_clusters_dir()
+    for path in folder.glob("*.json") if folder else []:
         try:
             entry = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
         if entry.get("address") in live and _alive(entry.get("pid")):
-            known[entry["address"]] = entry
-        else:  # the cluster (or its driver) is gone
+            commands[entry["address"]].append(entry)
+        else:  # the cluster (or the command) is gone
             path.unlink(missing_ok=True)
-    out = [known.get(a, {"address": a}) for a in live]
-    return sorted(out, key=lambda e: (e.get("since", 0), e["address"]))
+    out = [
+        {"address": a, "commands": sorted(c, key=lambda e: e.get("since", 0))}
+        for a, c in commands.items()
+    ]
+
+    def first_use(e: dict) -> tuple[float, str]:
+        return min((c["since"] for c in e["commands"]), default=0.0), e["address"]
+
+    return sorted(out, key=first_use)
 
 
 def _alive(pid) -> bool:

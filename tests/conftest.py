@@ -4,6 +4,7 @@ and ended by that session's id, never `ray stop` (which ends every Ray on the ma
 a user's running jobs included)."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,16 @@ import time
 
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_outside_cluster():
+    """Tests use their own clusters: a RAY_ADDRESS of the shell would make them join
+    (and train on, or end services of) a user's cluster."""
+    names = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
+    saved = {k: os.environ.pop(k) for k in names if k in os.environ}
+    yield
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +95,8 @@ def stop_private(proc: subprocess.Popen, timeout_s: float = 30) -> None:
         time.sleep(1)
         sig = signal.SIGKILL  # Ray's processes may ignore the polite one
     proc.wait(timeout=10)
+    for folder in getattr(proc, "private_dirs", ()):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def ray_node(*args: str, env: dict) -> subprocess.Popen:
@@ -91,9 +104,13 @@ def ray_node(*args: str, env: dict) -> subprocess.Popen:
     a head gets a short private temp dir (socket paths are limited to 107 bytes), so
     the machine's /tmp/ray is left alone."""
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    extra = [f"--temp-dir={temp}"] if "--head" in args else []
-    return start_private([ray_bin, "start", "--block", *args, *extra], env=env)
+    extra, dirs = [], []
+    if "--head" in args:
+        dirs.append(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+        extra.append(f"--temp-dir={dirs[0]}")
+    proc = start_private([ray_bin, "start", "--block", *args, *extra], env=env)
+    proc.private_dirs = dirs  # removed by stop_private
+    return proc
 
 
 def wait_for_port(port: int, timeout_s: float = 60) -> None:

@@ -85,24 +85,6 @@ def test_one_process_nests_its_locks_and_others_stay_out(tmp_path):
     assert not (tmp_path / LOCK_FILE).exists()
 
 
-def test_a_writer_that_opened_a_released_lock_takes_the_new_one(tmp_path):
-    """A holder removes the file as it leaves; whoever had it open meanwhile must not
-    think that locking the removed file is holding the folder."""
-    from loomray.locks import _same_file
-
-    path = tmp_path / LOCK_FILE
-    path.write_text("")
-    stale = os.open(path, os.O_RDWR)
-    try:
-        assert _same_file(stale, path)
-        path.unlink()
-        assert not _same_file(stale, path)
-        path.write_text("")  # the next holder's
-        assert not _same_file(stale, path)
-    finally:
-        os.close(stale)
-
-
 def test_cli_refuses_a_busy_folder_in_one_sentence(tmp_path):
     """`train`, `evaluate` and `sweep` into folders another process writes: exit 2, the
     holder named, nothing started or written."""
@@ -141,3 +123,59 @@ def test_cli_refuses_a_busy_folder_in_one_sentence(tmp_path):
             holder.wait()
     # evaluate wrote nothing (the killed holder's lock file is all there is)
     assert [p.name for p in (run / "eval").iterdir()] == [LOCK_FILE]
+
+
+def test_reading_the_holder_in_the_holding_process_keeps_the_lock(tmp_path):
+    """A record lock of the whole process would be dropped by closing any handle of
+    the file, as reading the holder's name does."""
+    with lock_folder(tmp_path, "run dir"):
+        assert read_holder(tmp_path).pid == os.getpid()
+        probe = subprocess.run(
+            [sys.executable, "-c", HOLD, str(tmp_path)], capture_output=True, text=True
+        )
+        assert probe.returncode != 0 and "is in use by" in probe.stderr
+
+
+def test_a_lock_file_replaced_while_locking_is_not_taken_for_the_lock(tmp_path, monkeypatch):
+    """Between opening the file and locking it, its holder may end and remove it, and
+    a third process make a new one: locking the old file holds nothing."""
+    from loomray import locks
+
+    real, calls = locks._record_lock, []
+
+    def racing(fd, kind):
+        calls.append(os.fstat(fd).st_ino)
+        if len(calls) == 1:  # the holder left and a newcomer made the file anew
+            (tmp_path / LOCK_FILE).unlink()
+            (tmp_path / LOCK_FILE).write_text("")
+        real(fd, kind)
+
+    monkeypatch.setattr(locks, "_record_lock", racing)
+    (tmp_path / LOCK_FILE).write_text("")
+    with lock_folder(tmp_path, "run dir"):
+        assert len(calls) == 2 and calls[0] != calls[1]
+        assert os.stat(tmp_path / LOCK_FILE).st_ino == calls[1]
+
+
+def test_no_locks_on_the_filesystem_warns_and_goes_on(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from loomray import locks
+
+    def unsupported(fd, kind):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(locks, "_record_lock", unsupported)
+    with lock_folder(tmp_path / "run", "run dir"):
+        (tmp_path / "run" / "config.yaml").write_text("x")
+    assert "cannot be locked (No locks available)" in capsys.readouterr().err
+    monkeypatch.setenv("LOOMRAY_LOCKS", "0")  # or asked not to lock at all
+    with lock_folder(tmp_path / "other", "run dir"):
+        assert not (tmp_path / "other" / LOCK_FILE).exists()
+
+
+def test_a_folder_that_cannot_hold_a_lock_file_is_one_sentence(tmp_path):
+    (tmp_path / LOCK_FILE).mkdir()
+    with pytest.raises(LockError, match=f"cannot lock run dir {tmp_path}: .*Is a directory"):
+        with lock_folder(tmp_path, "run dir"):
+            pass

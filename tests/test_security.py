@@ -62,7 +62,7 @@ def test_local_ray_starts_without_dashboard_when_asked(monkeypatch, value, wante
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", fake_init)
     monkeypatch.setattr(ray_cluster, "_DASHBOARD", {})
-    monkeypatch.setattr(ray_cluster, "_register_local", lambda url: None)
+    monkeypatch.setattr(ray_cluster, "_register", lambda *args, **kwargs: None)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     if value is None:
         monkeypatch.delenv("LOOMRAY_DASHBOARD", raising=False)

@@ -145,6 +145,7 @@ def test_two_runs_whose_folders_share_a_name_both_finish(ray_session, tmp_path):
         t.start()
     for t in threads:
         t.join(timeout=600)
+    assert not any(t.is_alive() for t in threads), "a run did not finish in 600 s"
     assert not errors, errors
     for run in runs:
         r = results[run]
@@ -172,33 +173,38 @@ def _gone(name: str) -> bool:
     return False
 
 
-def test_a_service_another_live_driver_holds_is_never_killed(ray_session, tmp_path):
+def test_a_service_another_live_driver_holds_is_never_killed(
+    ray_session, tmp_path, monkeypatch
+):
     """What a second driver of one run dir meets where the run-dir lock cannot reach it
-    (node-local disks on a cluster): the run is busy and its service untouched; once
-    that driver is gone, its service is ended and the name is free."""
+    (node-local disks on a cluster): a service that stays is another live driver's,
+    so the run is busy and the service untouched; one whose driver died goes with it
+    and its name is taken; this process's own leftover is ended."""
+    from loomray.train import launch as launch_module
+
+    monkeypatch.setattr(launch_module, "SERVICE_GONE_S", 3.0)
     cfg = load_config("digits")
     run = tmp_path / "run"
     name = service_name(cfg, run)
-    other = subprocess.Popen(["sleep", "600"])  # the other driver's process
-    try:
-        holder = {
-            "pid": other.pid,
-            "host": socket.gethostname(),
-            "job": ray.get_runtime_context().get_job_id(),
-        }
-        keeper = _Keeper.options(name=name, namespace=NAMESPACE).remote(holder)
-        assert ray.get(keeper.holder.remote()) == holder
-        with pytest.raises(LaunchError) as err:
-            claim_service_name(name, run)
-        assert f"run dir {run} is in use: its coupling service belongs to the loomray " in str(
-            err.value
-        )
-        assert f"with pid {other.pid} on {socket.gethostname()}" in str(err.value)
-        assert ray.get(keeper.holder.remote()) == holder  # untouched
-    finally:
-        other.kill()
-        other.wait()
-    claim_service_name(name, run)  # its driver is dead: an orphan, ended
+    job = ray.get_runtime_context().get_job_id()
+    other = {"pid": 4711, "host": "node-3", "job": job}
+    keeper = _Keeper.options(name=name, namespace=NAMESPACE).remote(other)
+    assert ray.get(keeper.holder.remote()) == other
+    with pytest.raises(LaunchError) as err:
+        claim_service_name(name, run)
+    assert str(err.value) == (
+        f"run dir {run} is in use: its coupling service belongs to the loomray driver with "
+        "pid 4711 on node-3; wait for that run to end, or pass another --run-dir"
+    )
+    assert ray.get(keeper.holder.remote()) == other  # untouched
+    # its driver dies: the service goes with it (here: ended a second from now)
+    threading.Timer(1.0, ray.kill, args=(keeper,)).start()
+    claim_service_name(name, run)
+    assert _gone(name)
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "job": job}
+    keeper = _Keeper.options(name=name, namespace=NAMESPACE).remote(mine)
+    ray.get(keeper.holder.remote())
+    claim_service_name(name, run)  # an earlier launch of this process left it: ended
     assert _gone(name)
 
 
@@ -209,7 +215,7 @@ def test_status_lists_the_local_loomray_clusters_and_asks_which(
     run = _loomray("status")
     assert run.returncode == 2, run.stdout + run.stderr
     assert mine in run.stdout and other_loomray_cluster in run.stdout
-    assert "loomray clusters run on this machine; pass --address with one of them" in " ".join(
+    assert "Ray clusters run on this machine; pass --address with one of them" in " ".join(
         run.stdout.split()
     )
     picked = _loomray("status", "--address", other_loomray_cluster)
@@ -251,7 +257,7 @@ def test_a_second_train_into_a_run_dir_is_refused_and_status_finds_the_first(tmp
         assert command[:3] == ["loomray", "status", "--address"]
         status = _loomray(*command[1:])
         assert status.returncode == 0, status.stdout + status.stderr
-        assert f"run {run}" in status.stdout
+        assert f"run {run.resolve()}" in status.stdout
     finally:
         first.send_signal(2)  # Ctrl-C: it saves nothing more and says how to go on
         first.wait(timeout=180)

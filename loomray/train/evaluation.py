@@ -40,9 +40,18 @@ def _gather(obj, world: int) -> list:
 class TrainingEvaluation:
     """The EMA model's FID (energy distance for toy2d) at ``eval.methods``, by all ranks."""
 
-    def __init__(self, cfg: Config, device: torch.device, run_dir: Path, rank: int, world: int):
+    def __init__(
+        self,
+        cfg: Config,
+        device: torch.device,
+        run_dir: Path,
+        rank: int,
+        world: int,
+        label: str | None = None,
+    ):
         self.cfg, self.device, self.run_dir = cfg, device, run_dir
-        self.label = run_label(cfg, run_dir)  # the metrics' run tag, as the service's
+        # the metrics' run tag: the service's, as the driver computed it
+        self.label = label or run_label(cfg, run_dir)
         self.rank, self.world = rank, world
         self.evaluator = None
         self.disabled = False

@@ -125,6 +125,13 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True
     return False
 
 
+def fake_gpus() -> bool:
+    """``LOOMRAY_FAKE_GPUS=1``, for tests: a Ray cluster declares GPUs it does not have
+    (Ray's resources are logical) and the "GPU" workers train on the CPU, so that the
+    GPU presets' shape (GPU workers, a service CPU, several trials) runs anywhere."""
+    return os.environ.get("LOOMRAY_FAKE_GPUS", "") == "1"
+
+
 def check_resources(cfg: Config) -> None:
     """Refuse in seconds what the cluster can never schedule, instead of waiting."""
     import ray
@@ -165,27 +172,14 @@ def _driver() -> dict[str, Any]:
     }
 
 
-def _orphaned(holder: dict[str, Any] | None, me: dict[str, Any]) -> bool:
-    """Whether the driver that started a service is this one, or gone (a service whose
-    driver died goes with it, but not at once)."""
-    import ray
-
-    if holder is None or (holder["pid"], holder["host"]) == (me["pid"], me["host"]):
-        return True
-    if holder["host"] == me["host"]:
-        try:
-            os.kill(int(holder["pid"]), 0)
-        except ProcessLookupError:
-            return True
-        except OSError:
-            pass
-    jobs = {j["JobID"]: j for j in ray._private.state.jobs()}
-    return jobs.get(holder["job"], {}).get("IsDead", True)
+SERVICE_GONE_S = 30.0  # how long a service whose driver died may take to go with it
 
 
 def claim_service_name(name: str, run_dir: Path) -> None:
-    """Free ``name`` for this driver: a service of this run left by this driver or by a
-    dead one is ended; one that another live driver holds means the run is busy."""
+    """Free ``name`` for this driver. A service of this run that this process left (an
+    earlier launch in it) is ended. Any other goes with its driver when that dies
+    (the service is owned by it), so it is waited for; one still there after
+    ``SERVICE_GONE_S`` belongs to a live driver: the run is busy, and it is left alone."""
     import ray
 
     try:
@@ -194,23 +188,38 @@ def claim_service_name(name: str, run_dir: Path) -> None:
         return
     try:
         holder = ray.get(old.holder.remote(), timeout=10)
-    except Exception:  # dying, or not answering: nobody can be using it
+    except ray.exceptions.RayActorError:  # dead already, the name about to be free
         holder = None
-    if not _orphaned(holder, _driver()):
-        raise LaunchError(
-            f"run dir {run_dir} is in use: its coupling service belongs to the loomray driver "
-            f"with pid {holder['pid']} on {holder['host']}; wait for that run to end, or pass "
-            "another --run-dir"
-        )
-    ray.kill(old)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # its name is free once Ray has ended it
+    except Exception:  # restarting, or busy: somebody's live service all the same
+        holder = {}
+    me = _driver()
+    if holder and (holder.get("pid"), holder.get("host")) == (me["pid"], me["host"]):
+        ray.kill(old)
+    if _name_freed(name, SERVICE_GONE_S):
+        return
+    who = (
+        f"the loomray driver with pid {holder['pid']} on {holder['host']}"
+        if holder
+        else "another loomray driver"
+    )
+    raise LaunchError(
+        f"run dir {run_dir} is in use: its coupling service belongs to {who}; wait for "
+        "that run to end, or pass another --run-dir"
+    )
+
+
+def _name_freed(name: str, timeout_s: float) -> bool:
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
         try:
             ray.get_actor(name, namespace=NAMESPACE)
         except ValueError:
-            return
-        time.sleep(0.1)
-    raise LaunchError(f"the coupling service {name} of an earlier driver does not end")
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
 
 
 def start_service(cfg: Config, rows: int, run_dir: Path):
@@ -244,7 +253,13 @@ def start_service(cfg: Config, rows: int, run_dir: Path):
         max_restarts=3,
         num_cpus=cfg.coupling.service_cpus,
     )
-    handle = actor.remote(spec)
+    try:
+        handle = actor.remote(spec)
+    except ValueError as err:  # another driver took the name since it was claimed
+        raise LaunchError(
+            f"run dir {run_dir} is in use: another loomray driver started its coupling "
+            "service just now; wait for that run to end, or pass another --run-dir"
+        ) from err
     ray.get(handle.ping.remote())
     return handle
 
@@ -374,17 +389,20 @@ def _train(cfg: Config, run_dir: Path, service, resumed: bool, progress: bool, c
     """Ray Train's TorchTrainer against the started service, to ``train.steps``."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from loomray.train.worker import train_worker
 
     t = cfg.train
     trainer = TorchTrainer(
         train_worker,
+        # GPU workers all-reduce over NCCL; a test cluster's declared GPUs run on the CPU
+        torch_config=TorchConfig(backend="gloo") if fake_gpus() else None,
         train_loop_config={
             "config": cfg.to_dict(),
             "service": service,
             "run_dir": str(run_dir.resolve()),
+            "label": run_label(cfg, run_dir),
         },
         scaling_config=ScalingConfig(
             num_workers=t.workers,

@@ -109,7 +109,7 @@ def train_worker(config: dict[str, Any]) -> None:
     metrics_path = run_dir / "metrics.jsonl"
     window: list[StepLog] = []
 
-    evaluation = TrainingEvaluation(cfg, device, run_dir, rank, world)
+    evaluation = TrainingEvaluation(cfg, device, run_dir, rank, world, config.get("label"))
 
     def report(step: int, evaluate: bool = False) -> None:
         metrics = {
