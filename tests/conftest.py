@@ -4,9 +4,6 @@ and ended by that session's id, never `ray stop` (which ends every Ray on the ma
 a user's running jobs included)."""
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +11,13 @@ import time
 
 import pytest
 import torch
+
+from loomray.bench.fake_cluster import (  # noqa: F401 (tests import them from here)
+    free_ports,
+    start_private,
+    stop_private,
+    wait_for_port,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -38,67 +42,6 @@ def ray_session():
     ray.shutdown()
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def start_private(args: list[str], env: dict | None = None, log=None) -> subprocess.Popen:
-    """A process (and all it starts) in a session of its own, for ``stop_private``."""
-    return subprocess.Popen(
-        args,
-        env=env,
-        start_new_session=True,
-        stdout=log or subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _session_members(sid: int) -> list[int]:
-    """The live (not zombie) processes of session ``sid``."""
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if os.getsid(int(name)) != sid:
-                    continue
-                with open(f"/proc/{name}/stat") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state != "Z":
-                out.append(int(name))
-    return out
-
-
-def stop_private(proc: subprocess.Popen, timeout_s: float = 30) -> None:
-    """End ``proc``'s session: it and every process it started (Ray's GCS, raylet,
-    dashboard, workers), and nothing else on the machine."""
-    deadline = time.monotonic() + timeout_s
-    sig = signal.SIGTERM
-    while time.monotonic() < deadline:
-        proc.poll()  # reaps it once it has ended
-        members = _session_members(proc.pid)
-        if not members:
-            break
-        for pid in members:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        time.sleep(1)
-        sig = signal.SIGKILL  # Ray's processes may ignore the polite one
-    proc.wait(timeout=10)
-    for folder in getattr(proc, "private_dirs", ()):
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def ray_node(*args: str, env: dict) -> subprocess.Popen:
     """`ray start --block ...` in a session of its own (stop it with ``stop_private``);
     a head gets a short private temp dir (socket paths are limited to 107 bytes), so
@@ -111,17 +54,6 @@ def ray_node(*args: str, env: dict) -> subprocess.Popen:
     proc = start_private([ray_bin, "start", "--block", *args, *extra], env=env)
     proc.private_dirs = dirs  # removed by stop_private
     return proc
-
-
-def wait_for_port(port: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"nothing listens on port {port} after {timeout_s} s")
 
 
 WAIT_FOR_NODES = """
