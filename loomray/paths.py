@@ -12,6 +12,7 @@ is expected, a path under a file, a file that cannot be read.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -31,7 +32,16 @@ def _not_under_a_file(path: Path, what: str) -> Path:
     return path
 
 
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # s3://b, and s3:/b once Path() had it
+
+
 def folder_to_write(path: str | os.PathLike, what: str) -> Path:
+    if URI.match(str(path)):
+        raise PathError(
+            f"{what} {path} is a URI, not a folder: runs and sweeps are written to a "
+            "filesystem that every node mounts at the same path (NFS, EFS, Filestore, "
+            "Lustre); object stores lack the appends, renames and locks they need"
+        )
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise PathError(f"{what} {path} is a file, not a folder")

@@ -55,6 +55,15 @@ def pin_to_own_cluster() -> None:
     os.environ.pop("RAY_API_SERVER_ADDRESS", None)  # the State API would take it first
 
 
+def fake_gpus() -> bool:
+    """``LOOMRAY_FAKE_GPUS=1``, for tests: a Ray cluster declares GPUs it does not have
+    (Ray's resources are logical) and the "GPU" workers train and score on the CPU
+    (gloo instead of NCCL), so that the GPU presets' shape (GPU workers, a service
+    CPU, several trials, GPU nodes added by an autoscaler) runs anywhere. Sent to
+    every process of a job like every ``LOOMRAY_*`` setting."""
+    return os.environ.get("LOOMRAY_FAKE_GPUS", "") == "1"
+
+
 def driver_settings() -> dict[str, str]:
     """The environment every worker, actor and task of the job gets: Ray's settings
     above and every ``LOOMRAY_*`` variable of the driver (FID weights, the cache), so

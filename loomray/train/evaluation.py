@@ -67,6 +67,16 @@ class TrainingEvaluation:
         self.disabled = self.disabled or bool(failed)
         return not failed
 
+    def require(self) -> None:
+        """Before training, on every rank: the evaluation can run (its weights load,
+        its reference statistics exist), or every rank raises, naming the problem.
+        For trainings whose purpose is their score (a sweep's), which must not find
+        out after all their steps that it cannot be computed."""
+        statuses = _gather(self._prepare(), self.world)
+        failed = next((s for s in statuses if s), None)
+        if failed:
+            raise RuntimeError(f"loomray: the evaluation this training needs cannot run: {failed}")
+
     def _prepare(self) -> str | None:
         from loomray.evaluate import make_evaluator
 

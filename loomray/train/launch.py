@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from loomray.capacity import Capacity, cluster_capacity, fits
 from loomray.checkpoint import CheckpointError, init_weights, latest_step
 from loomray.config import (
     Config,
@@ -38,7 +39,8 @@ from loomray.data import build_dataset
 from loomray.latents.autoencoder import AutoencoderError
 from loomray.locks import holds_anything, lock_folder
 from loomray.paths import PathError, folder_to_write
-from loomray.ray_cluster import NAMESPACE, LaunchError, connect
+from loomray.ray_cluster import NAMESPACE, LaunchError, connect, fake_gpus
+from loomray.storage import StorageError, check_shared
 
 SERVICE_PREFIX = "coupling:"
 
@@ -125,34 +127,34 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True
     return False
 
 
-def fake_gpus() -> bool:
-    """``LOOMRAY_FAKE_GPUS=1``, for tests: a Ray cluster declares GPUs it does not have
-    (Ray's resources are logical) and the "GPU" workers train on the CPU, so that the
-    GPU presets' shape (GPU workers, a service CPU, several trials) runs anywhere."""
-    return os.environ.get("LOOMRAY_FAKE_GPUS", "") == "1"
-
-
-def check_resources(cfg: Config) -> None:
-    """Refuse in seconds what the cluster can never schedule, instead of waiting."""
-    import ray
-
-    total = ray.cluster_resources()
+def training_need(cfg: Config) -> dict[str, float]:
+    """What one training holds while it runs: its workers and its coupling service."""
     t = cfg.train
-    gpus_needed = t.workers * t.gpus_per_worker
-    cpus_needed = t.workers * t.cpus_per_worker + cfg.coupling.service_cpus
-    have_gpus, have_cpus = total.get("GPU", 0.0), total.get("CPU", 0.0)
-    if gpus_needed > have_gpus:
+    need = {"CPU": t.workers * t.cpus_per_worker + cfg.coupling.service_cpus}
+    if t.gpus_per_worker:
+        need["GPU"] = t.workers * t.gpus_per_worker
+    return need
+
+
+def check_resources(cfg: Config, capacity: Capacity | None = None) -> Capacity:
+    """Refuse in seconds what the cluster can never schedule, instead of waiting: what
+    its nodes have, or what its autoscaler may grow it to (loomray.capacity)."""
+    cap = capacity or cluster_capacity()
+    t = cfg.train
+    missing = fits(training_need(cfg), cap)
+    if "GPU" in missing:
         raise LaunchError(
-            f"{cfg.name} asks for {t.workers} workers x {t.gpus_per_worker:g} GPU but the "
-            f"cluster has {have_gpus:g} GPU(s); pass --cpu, fewer --workers, or the --address "
-            "of a cluster with GPUs"
+            f"{cfg.name} asks for {t.workers} workers x {t.gpus_per_worker:g} GPU but "
+            f"{cap.describe('GPU')}; pass --cpu, fewer --workers, or the --address of a "
+            "cluster with GPUs"
         )
-    if cpus_needed > have_cpus:
+    if "CPU" in missing:
         raise LaunchError(
-            f"{cfg.name} asks for {cpus_needed:g} CPUs ({t.workers} workers x "
+            f"{cfg.name} asks for {training_need(cfg)['CPU']:g} CPUs ({t.workers} workers x "
             f"{t.cpus_per_worker:g} + {cfg.coupling.service_cpus:g} for the coupling service) "
-            f"but the cluster has {have_cpus:g}; lower train.cpus_per_worker or --workers"
+            f"but {cap.describe('CPU')}; lower train.cpus_per_worker or --workers"
         )
+    return cap
 
 
 def service_name(cfg: Config, run_dir: Path) -> str:
@@ -264,6 +266,16 @@ def start_service(cfg: Config, rows: int, run_dir: Path):
     return handle
 
 
+def loomray_reason(err: BaseException | str) -> str | None:
+    """The sentence a worker failed with when loomray itself said why (its errors start
+    with ``loomray: ``), out of Ray Train's report of the failed run."""
+    for line in str(err).splitlines():
+        _, sep, reason = line.partition("loomray: ")
+        if sep:
+            return reason.strip()
+    return None
+
+
 class _Progress:
     """Polls the service and draws a progress bar on the driver."""
 
@@ -351,6 +363,7 @@ def launch(
     callbacks: list | None = None,
     dashboard_host: str = "127.0.0.1",
     holder: str | None = None,
+    require_evaluation: bool = False,
 ) -> TrainResult:
     """Run (or resume) training.
 
@@ -360,7 +373,10 @@ def launch(
     ``on_ready(service)`` are called as soon as those exist (the CLI prints the URL
     and the `loomray status` command; tests inject faults). ``callbacks`` are Ray
     Train callbacks (a sweep passes one that reports to Tune); ``holder`` is how the
-    run dir's lock names this process to others (default: its command line)."""
+    run dir's lock names this process to others (default: its command line).
+    ``require_evaluation``: the workers check before training that the evaluation
+    can run, and fail at once if not (a sweep's trainings, whose score is the point);
+    otherwise evaluation during training is switched off with a message."""
     run_dir = Path(run_dir).expanduser()
     dataset = build_dataset(cfg)  # fail on missing data before starting anything
     prepare_run_dir(cfg, run_dir, resume, write=False)  # and on a wrong run dir
@@ -378,14 +394,26 @@ def launch(
         if on_dashboard is not None:
             on_dashboard(url)
         check_resources(cfg)
+        try:
+            check_shared(run_dir, "run dir")
+        except StorageError as err:
+            raise LaunchError(str(err)) from None
         resumed = prepare_run_dir(cfg, run_dir, resume)
         service = start_service(cfg, len(dataset), run_dir)
         if on_ready is not None:
             on_ready(service)
-        return _train(cfg, run_dir, service, resumed, progress, callbacks)
+        return _train(cfg, run_dir, service, resumed, progress, callbacks, require_evaluation)
 
 
-def _train(cfg: Config, run_dir: Path, service, resumed: bool, progress: bool, callbacks):
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    service,
+    resumed: bool,
+    progress: bool,
+    callbacks,
+    require_evaluation: bool = False,
+):
     """Ray Train's TorchTrainer against the started service, to ``train.steps``."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -403,6 +431,7 @@ def _train(cfg: Config, run_dir: Path, service, resumed: bool, progress: bool, c
             "service": service,
             "run_dir": str(run_dir.resolve()),
             "label": run_label(cfg, run_dir),
+            "evaluation_required": require_evaluation,
         },
         scaling_config=ScalingConfig(
             num_workers=t.workers,
@@ -425,6 +454,11 @@ def _train(cfg: Config, run_dir: Path, service, resumed: bool, progress: bool, c
         with _Progress(service, t.steps, 0, progress):
             result = _fit(trainer)
         stats = ray.get(service.stats.remote())
+    except ray.train.TrainingFailedError as err:
+        reason = loomray_reason(err)
+        if reason is None:
+            raise
+        raise LaunchError(reason) from err
     except KeyboardInterrupt:
         solved = _service_step(service)
         # the service solves up to coupling.prefetch steps ahead of training

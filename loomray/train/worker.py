@@ -27,6 +27,7 @@ from loomray.coupling.client import ServiceNoise, call_service
 from loomray.data import BatchPlan, build_dataset
 from loomray.images import save_samples
 from loomray.latents.decode import to_images
+from loomray.ray_cluster import fake_gpus
 from loomray.sampling import sample
 from loomray.train.ddp import distributed
 from loomray.train.evaluation import TrainingEvaluation
@@ -69,6 +70,24 @@ def write_samples(cfg: Config, model: torch.nn.Module, device, folder: Path, ste
     return paths
 
 
+NOT_SHARED = "is not shared"
+
+
+def check_run_dir_shared(run_dir: Path) -> None:
+    """The driver wrote the run's config.yaml before starting the workers: a worker
+    that does not see it is on a node without the run dir's storage, and fails now,
+    saying so, rather than at its first checkpoint."""
+    import ray
+
+    if not (run_dir / "config.yaml").is_file():
+        raise RuntimeError(
+            f"loomray: run dir {run_dir} {NOT_SHARED}: the node at "
+            f"{ray.util.get_node_ip_address()} does not see the config.yaml the driver "
+            "wrote there; put it on a filesystem that every node mounts at the same path "
+            "(NFS, EFS, Filestore, Lustre; docs/cluster.md)"
+        )
+
+
 def train_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
@@ -78,9 +97,10 @@ def train_worker(config: dict[str, Any]) -> None:
     cfg = config_from_dict(config["config"])
     service = config["service"]
     run_dir = Path(config["run_dir"])
+    check_run_dir_shared(run_dir)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    device = torch.device("cpu") if fake_gpus() else ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
 
@@ -110,6 +130,8 @@ def train_worker(config: dict[str, Any]) -> None:
     window: list[StepLog] = []
 
     evaluation = TrainingEvaluation(cfg, device, run_dir, rank, world, config.get("label"))
+    if config.get("evaluation_required"):
+        evaluation.require()
 
     def report(step: int, evaluate: bool = False) -> None:
         metrics = {

@@ -63,3 +63,30 @@ def test_two_ranks_agree_with_one_process_and_fail_together(tmp_path, preset, fa
         assert figures[f"{row.metric}/{row.method}"] == pytest.approx(row.value, rel=1e-9)
         assert figures[f"nfe/{row.method}"] == row.nfe
     assert results[1]["first"] == {} and not results[1]["disabled"]
+
+
+def test_a_training_that_needs_its_evaluation_fails_before_training(tmp_path):
+    """A sweep's training exists for its score: when the evaluation cannot run (here
+    CIFAR-10's reference images are missing on this node), it fails at once, in
+    loomray's words, which the driver shows instead of Ray Train's report."""
+    from loomray.train.launch import loomray_reason
+
+    cfg = load_config("cifar10", [f"data.root={tmp_path / 'nocifar'}", "train.gpus_per_worker=0"])
+    evaluation = TrainingEvaluation(cfg, torch.device("cpu"), tmp_path, 0, 1)
+    with pytest.raises(RuntimeError) as err:
+        evaluation.require()
+    message = str(err.value)
+    assert message.startswith("loomray: the evaluation this training needs cannot run: rank 0:")
+    assert "nocifar" in message
+    report = f"Training failed.\nTraceback ...\nRuntimeError: {message}\n\n(more)"
+    assert loomray_reason(report) == message.removeprefix("loomray: ")
+
+
+def test_a_worker_that_does_not_see_the_run_dir_says_so(tmp_path):
+    from loomray.train.worker import check_run_dir_shared
+
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "config.yaml").write_text("name: x\n")
+    check_run_dir_shared(tmp_path / "here")
+    with pytest.raises(RuntimeError, match="run dir .*elsewhere is not shared: the node at"):
+        check_run_dir_shared(tmp_path / "elsewhere")
