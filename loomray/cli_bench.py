@@ -197,3 +197,42 @@ def _write_profiles(runs, folder: Path, title: str) -> None:
             markup=False,
         )
     console.print(f"wrote the profiles to {folder}", markup=False)
+
+
+@bench_app.command("sweep")
+def bench_sweep_cmd(
+    trials: int = typer.Option(16, help="Trials of each sweep."),
+    steps: int = typer.Option(60, help="Training steps of each model (of batch 128)."),
+    gpu_nodes: int = typer.Option(4, help="Fake GPU nodes the autoscaler may add."),
+    gpus_per_node: int = typer.Option(4, help="GPUs each fake node declares."),
+    out: str = typer.Option(None, help="Also write the table as JSON here."),
+) -> None:
+    """GPU time a sweep of caches.yaml's shape keeps busy, on a fake autoscaling GPU
+    cluster (tiny models on the CPU): trials waiting in their slots vs put aside."""
+    from dataclasses import asdict
+
+    from loomray.bench.sweep import bench_sweep
+    from loomray.paths import file_to_write
+    from loomray.sweep import SweepError
+
+    if min(trials, steps, gpu_nodes, gpus_per_node) < 1:
+        fail("--trials, --steps, --gpu-nodes and --gpus-per-node must be at least 1")
+    path = _path_or_fail(file_to_write, out, "--out") if out else None
+    try:
+        runs = bench_sweep(trials, steps, gpu_nodes, gpus_per_node, log=console.print)
+    except SweepError as err:
+        fail(str(err))
+    gpus = gpu_nodes * gpus_per_node
+    table = Table(title=f"caches.yaml's shape, {trials} trials, {gpus} fake GPUs")
+    for col in ("waiting trials", "trainings at once", "wall s", "GPU time held",
+                "models trained", "trials done", "pruned"):
+        table.add_column(col, justify="right")
+    for r in runs:
+        table.add_row(
+            "put aside" if r.put_aside else "hold a slot", str(r.concurrency),
+            f"{r.seconds:.0f}", f"{100 * r.busy:.0f}%", str(r.trained), str(r.finished),
+            str(r.pruned),
+        )
+    console.print(table)
+    if path:
+        path.write_text(json.dumps([asdict(r) for r in runs], indent=2))

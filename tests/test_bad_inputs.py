@@ -169,6 +169,11 @@ CASES = [
     # missing data
     ("train --config cifar10 --cpu data.root={tmp}/nocifar", "CIFAR-10"),
     ("train --config imagenet32 --cpu data.root={tmp}/noimagenet", "{tmp}/noimagenet"),
+    # storage that is not a filesystem every node mounts
+    ("sweep caches-digits --storage s3://bucket/sweeps", "storage s3://bucket/sweeps is a URI"),
+    ("train --config digits --run-dir gs://bucket/run", "run dir gs://bucket/run is a URI, not a"),
+    ("sweep caches --plan --gpu A10G", "no step rate measured for cifar10 on A10G"),
+    ("sweep caches-digits --concurrency 0", "--concurrency must be an integer >= 1 or auto"),
     # run directories
     ("train --config digits --run-dir {tmp}/occupied", "is not empty and holds no loomray run"),
     ("train --config digits --run-dir {tmp}/other-run", "holds a run with another config"),

@@ -237,7 +237,9 @@ BAD_SPECS = [
     (_bad(objective="energy"), "objective must start with 'fid'"),
     (_bad(objective=["fid", "seconds"]), "objective is 'fid' or [fid, nfe]"),
     (_bad(trials=0), "trials must be an integer >= 1"),
-    (_bad(concurrency="two"), "concurrency must be an integer >= 1"),
+    (_bad(concurrency="two"), "concurrency must be an integer >= 1 or auto"),
+    (_bad(same_images=True), "same_images scales the steps by the batch; search train.batch"),
+    (_bad(same_images="yes"), "same_images must be true or false"),
     (_bad(resources={"gpus": 1}), "unknown resource 'gpus'"),
     (_bad(scheduler={"kind": "asha"}), "set overrides eval.every > 0"),
     (_bad(scheduler={"kind": "pbt"}), "scheduler is none or"),
@@ -335,3 +337,50 @@ def test_toy2d_sweeps_energy_distance():
     assert spec.objectives == ("energy",) and spec.metric == "energy"
     with pytest.raises(SweepError, match="objective must start with 'energy'"):
         spec_from_dict({"base": "toy2d", "space": SPEC["space"], "objective": "fid"}, "toy.yaml")
+
+
+def test_same_images_scales_steps_and_asha_compares_equal_images():
+    raw = {
+        **SPEC,
+        "space": {"train.batch": {"choice": [32, 64, 128]}},
+        "overrides": {**SPEC.get("overrides", {}), "train.batch": 64, "train.steps": 300,
+                      "train.ckpt_every": 100, "eval.every": 150},
+        "same_images": True,
+    }
+    spec = spec_from_dict(raw, "spec")
+    for batch, steps in ((32, 600), (64, 300), (128, 150)):
+        cfg, _ = spec.trial_config({"train.batch": batch})
+        assert cfg.train.steps == steps and cfg.train.steps * batch == 300 * 64
+        assert cfg.train.ckpt_every * batch == 100 * 64 and cfg.eval.every * batch == 150 * 64
+    assert spec.to_dict()["same_images"] is True
+
+
+def test_resume_may_change_concurrency_only(tmp_path):
+    from loomray.sweep import prepare_sweep_dir
+
+    spec = spec_from_dict({**SPEC, "concurrency": 2}, "spec", storage=str(tmp_path))
+    spec.dir.mkdir(parents=True)
+    (spec.dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict()))
+    wider = spec_from_dict({**SPEC, "concurrency": "auto"}, "spec", storage=str(tmp_path))
+    assert prepare_sweep_dir(wider, resume=True)
+    other = spec_from_dict({**SPEC, "concurrency": 2, "seed": 5}, "spec", storage=str(tmp_path))
+    with pytest.raises(SweepError, match="changed: seed"):
+        prepare_sweep_dir(other, resume=True)
+
+
+def test_the_plan_of_caches_counts_models_steps_and_hours():
+    """8 training configurations (4 cache counts x 2 batches); equal images: batch 256
+    trains 50k steps; at 11.4 steps/s per H100 rank and 4 GPUs a model."""
+    from loomray.sweep import load_spec
+    from loomray.sweep.plan import plan_sweep
+
+    plan = plan_sweep(load_spec("caches"), gpu="H100")
+    assert len(plan.models) == 8 and plan.configurations == 8 and plan.trials == 48
+    assert sorted({m.steps for m in plan.models}) == [50_000, 100_000]
+    assert plan.gpu_hours == pytest.approx((4 * 100_000 + 4 * 50_000) / 11.4 / 3600 * 4)
+    assert plan.slots == 4 and plan.gpus == 16
+    # 4 lanes, each a 100k-step and a 50k-step model
+    assert plan.wall_hours == pytest.approx(150_000 / 11.4 / 3600)
+    assert plan_sweep(load_spec("caches"), gpus=8, gpu="H100").slots == 2
+    with pytest.raises(SweepError, match="no step rate measured for cifar10 on A10G"):
+        plan_sweep(load_spec("caches"), gpu="A10G")

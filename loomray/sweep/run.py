@@ -9,9 +9,11 @@ import yaml
 
 from loomray.locks import holds_anything, lock_folder
 from loomray.paths import PathError, folder_to_write
+from loomray.storage import StorageError, check_shared
 from loomray.sweep.spec import SweepError, SweepSpec
 from loomray.sweep.summary import SweepResult, summarize
 from loomray.sweep.trial import run_trial
+from loomray.sweep.usage import Occupancy
 
 TRIAL_MEMORY = 512 * 2**20  # bytes reserved by a trial's coordinating function
 
@@ -25,7 +27,10 @@ def prepare_sweep_dir(spec: SweepSpec, resume: bool) -> bool:
     d = spec.dir
     spec_path = d / "spec.yaml"
     if spec_path.is_file():
+        # the trials at once may follow the cluster: they change nothing that is computed
         old, new = yaml.safe_load(spec_path.read_text()), spec.to_dict()
+        old.pop("concurrency", None)
+        new.pop("concurrency", None)
         if not resume:
             raise SweepError(
                 f"{d} holds sweep {spec.name} already; pass --resume to continue it, "
@@ -65,11 +70,10 @@ SWEEP_BUSY = "wait for it to finish, or pass --storage DIR for a new sweep"
 
 
 def _run_sweep(spec, resume, address, quiet, verbose, on_dashboard, dashboard_host):
-    from ray import tune
 
     from loomray.data import build_dataset
     from loomray.ray_cluster import connect
-    from loomray.sweep.search import make_scheduler, make_searcher
+    from loomray.sweep.budget import resolve_concurrency
     from loomray.train.launch import check_resources
 
     resumed = prepare_sweep_dir(spec, resume)
@@ -83,38 +87,70 @@ def _run_sweep(spec, resume, address, quiet, verbose, on_dashboard, dashboard_ho
     url = connect(address, quiet=quiet, dashboard_host=dashboard_host)
     if on_dashboard is not None:
         on_dashboard(url)
-    check_resources(cfg)
+    capacity = check_resources(cfg)
+    concurrency = resolve_concurrency(spec, cfg, capacity)
     spec.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        check_shared(spec.dir, "sweep storage")
+    except StorageError as err:
+        raise SweepError(str(err)) from None
     if not resumed:
         (spec.dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    # The trial function only coordinates: training runs in Train workers and scoring
-    # in a task, each with the trial's resources, so it reserves memory and no CPU.
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec=spec), {"cpu": 0, "memory": TRIAL_MEMORY}
-    )
     started = time.time()
+    tuner = _tuner(spec, cfg, concurrency, resumed, verbose)
+    resource = "GPU" if cfg.train.gpus_per_worker else "CPU"
+    with Occupancy(resource, (capacity.most or capacity.now).get(resource, 0.0)) as busy:
+        grid = tuner.fit()
+    result = summarize(spec, grid, time.time() - started)
+    result.busy = (resource, busy.most, busy.share)
+    result.concurrency = concurrency
+    return result
+
+
+def trial_resources(cfg):
+    """What Tune reserves for a trial: a bundle for its coordinating function (memory
+    only) and one for its coupling service's CPUs (the service is made in the trial,
+    and Tune places it there, so no trial starts that its service could not). Its
+    training's workers are a placement group of Ray Train's, and its scoring a task
+    with a worker's resources; loomray.sweep.budget checks that every running trial
+    can hold them at once."""
+    from ray import tune
+
+    service = cfg.coupling.service_cpus
+    bundles = [{"CPU": 0, "memory": TRIAL_MEMORY}, *([{"CPU": service}] if service else [])]
+    return tune.PlacementGroupFactory(bundles)
+
+
+def _tuner(spec: SweepSpec, cfg, concurrency: int, resumed: bool, verbose: int):
+    from ray import tune
+
+    from loomray.sweep.search import make_scheduler, make_searcher
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec=spec), trial_resources(cfg)
+    )
     tune_dir = spec.dir / "tune"
     if resumed and tune.Tuner.can_restore(str(tune_dir)):
         tuner = tune.Tuner.restore(
             str(tune_dir), trainable, resume_unfinished=True, resume_errored=True
         )
-    else:
-        searched = spec.space.get("train.steps")
-        steps = max([cfg.train.steps, *(int(v) for v in (searched.edges() if searched else ()))])
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=make_searcher(spec),
-                scheduler=make_scheduler(spec, steps),
-                num_samples=spec.trials,
-                max_concurrent_trials=spec.concurrency,
-            ),
-            run_config=tune.RunConfig(
-                name="tune",
-                storage_path=str(spec.dir),
-                verbose=verbose,
-                failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
-    grid = tuner.fit()
-    return summarize(spec, grid, time.time() - started)
+        # the trials at once may differ from the first run's (another cluster)
+        tuner._local_tuner._tune_config.max_concurrent_trials = concurrency
+        return tuner
+    searched = spec.space.get("train.steps")
+    steps = max([cfg.train.steps, *(int(v) for v in (searched.edges() if searched else ()))])
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(spec),
+            scheduler=make_scheduler(spec, steps),
+            num_samples=spec.trials,
+            max_concurrent_trials=concurrency,
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(spec.dir),
+            verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )

@@ -17,6 +17,13 @@ configurations it has tried: such a proposal is answered with the known score
 configuration still runs) and Optuna is asked again, so every trial slot goes to
 a new configuration.
 
+No trial waits in a slot for another trial's training: a proposal whose model is
+being trained by a running trial is put aside (it keeps its Optuna trial) and
+Optuna is asked for another; once that training ends, the put-aside proposal is
+the next trial started, and only scores the trained model. Proposals are put aside
+only while the trials handed out and put aside stay within the sweep's ``trials``,
+so every one of them becomes a trial.
+
 This module imports Ray Tune; ``loomray.sweep.run`` imports it when a sweep runs.
 """
 
@@ -24,6 +31,8 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +52,55 @@ ASKS = 50
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class _PutAside:
+    """A proposal waiting for the training of its model to end."""
+
+    params: dict
+    ot_trial: Any
+    key: str  # the configuration, as JSON
+    model: str  # its training key
+
+
 class SweepSearch(OptunaSearch):
-    """OptunaSearch that tells the study final scores only and spends no trial on a
-    configuration already scored (see the module docstring)."""
+    """OptunaSearch that tells the study final scores only, spends no trial on a
+    configuration already scored, and starts no trial that would wait for another's
+    training (see the module docstring). ``plan(params) -> training key`` and
+    ``trained(key) -> bool`` come from the sweep (``make_searcher``)."""
 
     def suggest(self, trial_id: str):
-        """A configuration no trial has had yet (after ASKS proposals, a repeat)."""
-        scored, keys = self.__dict__.setdefault("scored", {}), self.__dict__.setdefault("keys", {})
+        """A configuration no trial has had yet (after ASKS proposals, a repeat) whose
+        model no running trial trains; None while there is none (Tune asks again)."""
+        state = self.__dict__
+        keys = state.setdefault("keys", {})  # trial id -> configuration
+        training = state.setdefault("training", {})  # training key -> trial training it
+        aside = state.setdefault("aside", [])
+        for waiting in aside:  # a put-aside proposal whose training has ended goes first
+            if waiting.model not in training:
+                aside.remove(waiting)
+                self._ot_trials[trial_id] = waiting.ot_trial
+                keys[trial_id] = waiting.key
+                return waiting.params
         for attempt in range(ASKS):
+            if len(keys) + len(aside) >= self.limit:
+                return None  # the rest of the sweep's trials are put aside already
             params = super().suggest(trial_id)
             if not isinstance(params, dict):
                 return params
             key = json.dumps(params, sort_keys=True)
-            if key not in keys.values() or attempt == ASKS - 1:
-                break
-            self._withdraw(trial_id, scored.get(key))
-        keys[trial_id] = key
-        return params
+            taken = set(keys.values()) | {w.key for w in aside}
+            if key in taken and attempt < ASKS - 1:
+                self._withdraw(trial_id, state.setdefault("scored", {}).get(key))
+                continue
+            model = self.plan(params)
+            if model in training and getattr(self, "put_aside", True):  # being trained now
+                aside.append(_PutAside(params, self._ot_trials.pop(trial_id), key, model))
+                continue
+            if not self.trained(model):
+                training[model] = trial_id
+            keys[trial_id] = key
+            return params
+        return None
 
     def _withdraw(self, trial_id: str, score) -> None:
         """Close Optuna's proposal of a configuration another trial has or had. Training
@@ -82,12 +123,16 @@ class SweepSearch(OptunaSearch):
         return None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        training = self.__dict__.setdefault("training", {})
+        for model in [m for m, t in training.items() if t == trial_id]:
+            del training[model]  # trained, pruned or failed: its put-aside ones may go
         if result is not None and not result.get("final"):
             result = None  # stopped before its final score: PRUNED (FAIL on error)
         if result is not None and not error and trial_id in self.__dict__.get("keys", {}):
             metrics = self.metric if isinstance(self.metric, list) else [self.metric]
             values = [result[m] for m in metrics]
-            self.scored[self.keys[trial_id]] = values if len(values) > 1 else values[0]
+            scored = self.__dict__.setdefault("scored", {})
+            scored[self.keys[trial_id]] = values if len(values) > 1 else values[0]
         return super().on_trial_complete(trial_id, result=result, error=error)
 
 
@@ -124,7 +169,7 @@ def make_searcher(spec: SweepSpec) -> SweepSearch:
         sampler, seed = optuna.samplers.GridSampler(grid, seed=spec.seed), None
     else:
         sampler, seed = None, spec.seed
-    return SweepSearch(
+    searcher = SweepSearch(
         space={k: d.optuna() for k, d in spec.space.items()},
         metric=list(spec.objectives) if spec.multi else spec.metric,
         mode=["min"] * len(spec.objectives) if spec.multi else "min",
@@ -133,6 +178,23 @@ def make_searcher(spec: SweepSpec) -> SweepSearch:
         sampler=sampler,
         seed=seed,
     )
+    searcher.plan = partial(_model_of, spec)
+    searcher.trained = partial(_trained, spec.dir / "models")
+    searcher.limit = spec.trials
+    searcher.put_aside = spec.put_aside
+    return searcher
+
+
+def _model_of(spec: SweepSpec, params: dict) -> str:
+    """The training key of a proposal (Optuna's flat keys)."""
+    from loomray.sweep.reuse import training_key
+
+    return training_key(spec.trial_config(params)[0])
+
+
+def _trained(models: Path, key: str) -> bool:
+    """Whether a model is trained, or its training was pruned: nothing to wait for."""
+    return (models / key / "done.json").is_file() or (models / key / PRUNED_FILE).is_file()
 
 
 def make_scheduler(spec: SweepSpec, steps: int) -> SweepASHA | None:

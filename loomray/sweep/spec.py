@@ -24,6 +24,7 @@ from loomray.config import (
     read_text_file,
     yaml_problem,
 )
+from loomray.paths import PathError, folder_to_write
 from loomray.sampling import FIXED_SOLVERS, parse_method
 
 SPEC_KEYS = (
@@ -40,7 +41,10 @@ SPEC_KEYS = (
     "scheduler",
     "search",
     "storage",
+    "same_images",
 )
+# Keys counted in steps: with same_images they are scaled by reference batch / batch.
+STEP_KEYS = ("train.steps", "train.ckpt_every", "train.sample_every", "eval.every")
 SEARCHES = ("tpe", "grid")
 SAMPLER_KEYS = ("sampler.solver", "sampler.steps")
 DOMAINS = ("choice", "int", "float", "loguniform")
@@ -165,13 +169,21 @@ class SweepSpec:
     sampler: dict[str, Any]
     objectives: tuple[str, ...]
     trials: int
-    concurrency: int
+    concurrency: int  # 0: auto, as many as the cluster can hold
     seed: int
     resources: dict[str, Any]
     scheduler: dict[str, Any] | None
     storage: Path
     source: str = ""
     search: str = "tpe"
+    same_images: bool = False
+    """Every trial sees as many images as the base's batch does in its steps: a trial
+    of batch b trains steps x reference_batch / b (its checkpoints and evaluations
+    scaled alike), so that batch sizes compare at equal data, not equal steps."""
+    reference_batch: int = 0
+    put_aside: bool = True
+    """False: a trial whose model another trial trains waits for it in its slot (as
+    loomray did before; `loomray bench sweep` compares the two)."""
 
     @property
     def metric(self) -> str:
@@ -205,7 +217,19 @@ class SweepSpec:
         values["eval.methods"] = [method]
         # A searched key may act only in some combinations (coupling.caches with
         # coupling.kind searched too); each was checked against the base on its own.
+        cfg = load_config_values(self.base, values, frozenset(self.space))
+        if not self.same_images or "train.batch" not in params:
+            return cfg, method
+        scale = self.batch_scale(cfg.train.batch)
+        for key in STEP_KEYS:
+            section, name = key.split(".")
+            steps = getattr(getattr(cfg, section), name)
+            values[key] = max(1, round(steps * scale)) if steps else 0
         return load_config_values(self.base, values, frozenset(self.space)), method
+
+    def batch_scale(self, batch: int) -> float:
+        """Steps of batch ``batch`` per step of the reference batch (same_images), else 1."""
+        return self.reference_batch / batch if self.same_images else 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -216,11 +240,12 @@ class SweepSpec:
             "sampler": dict(self.sampler),
             "objective": list(self.objectives) if self.multi else self.metric,
             "trials": self.trials,
-            "concurrency": self.concurrency,
+            "concurrency": self.concurrency or "auto",
             "seed": self.seed,
             "resources": dict(self.resources),
             "scheduler": dict(self.scheduler) if self.scheduler else None,
             **({"search": self.search} if self.search != "tpe" else {}),
+            **({"same_images": True} if self.same_images else {}),
         }
 
 
@@ -378,6 +403,19 @@ def _count(raw: dict[str, Any], source: str, key: str, default: int, low: int) -
     return v
 
 
+def _parse_concurrency(raw: dict[str, Any], source: str) -> int:
+    """Trials at once: an integer >= 1, or ``auto`` (0 here: as many as the cluster can
+    hold, loomray.sweep.budget)."""
+    if raw.get("concurrency") == "auto":
+        return 0
+    v = raw.get("concurrency", 1)
+    _need(
+        _is_int(v) and v >= 1,
+        f"{source}: concurrency must be an integer >= 1 or auto, got {v!r}",
+    )
+    return v
+
+
 def _parse_scheduler(
     raw: dict[str, Any], source: str, cfg: Config, default_sampler: str
 ) -> dict[str, Any] | None:
@@ -431,6 +469,10 @@ def _parse_search(raw: dict[str, Any], source: str, space: dict[str, Domain]) ->
 def _parse_storage(raw: dict[str, Any], source: str, storage: str | None) -> str:
     store = storage if storage is not None else raw.get("storage", DEFAULT_STORAGE)
     _need(isinstance(store, str) and bool(store), f"{source}: storage must be a directory path")
+    try:
+        folder_to_write(store, "sweep storage")
+    except PathError as err:
+        raise SweepError(str(err)) from None
     return store
 
 
@@ -449,7 +491,7 @@ def spec_from_dict(raw: Any, source: str = "spec", storage: str | None = None) -
     search, points = _parse_search(raw, source, space)
     trials, concurrency, seed = (
         _count(raw, source, "trials", points if search == "grid" else min(points or 8, 8), 1),
-        _count(raw, source, "concurrency", 1, 1),
+        _parse_concurrency(raw, source),
         _count(raw, source, "seed", 0, 0),
     )
     _need(
@@ -460,6 +502,12 @@ def spec_from_dict(raw: Any, source: str = "spec", storage: str | None = None) -
     default_sampler = SweepSpec.method_of_sampler(sampler)
     scheduler = _parse_scheduler(raw, source, cfg, default_sampler)
     store = _parse_storage(raw, source, storage)
+    same_images = raw.get("same_images", False)
+    _need(isinstance(same_images, bool), f"{source}: same_images must be true or false")
+    _need(
+        not same_images or "train.batch" in space,
+        f"{source}: same_images scales the steps by the batch; search train.batch in space",
+    )
     return SweepSpec(
         name=name,
         base=base,
@@ -476,6 +524,8 @@ def spec_from_dict(raw: Any, source: str = "spec", storage: str | None = None) -
         storage=Path(store).expanduser().resolve(),
         source=source,
         search=search,
+        same_images=same_images,
+        reference_batch=cfg.train.batch,
     )
 
 

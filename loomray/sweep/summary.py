@@ -22,6 +22,8 @@ class SweepResult:
     interrupted: bool
     files: dict[str, Path]
     seconds: float
+    busy: tuple[str, float, float] | None = None  # resource, how many, share held
+    concurrency: int = 0
 
 
 def _trial_rows(spec: SweepSpec, grid) -> list[dict[str, Any]]:
@@ -51,10 +53,20 @@ def _trial_rows(spec: SweepSpec, grid) -> list[dict[str, Any]]:
             "step": m.get("step", m.get("prune_step")),
             "model": m.get("model"),
             "trained": bool(m.get("trained", False)),
+            "error": failure(result.error) if status == "error" else None,
         }
         rows.append(row)
     rows.sort(key=lambda r: (r[spec.metric] is None, r[spec.metric] or 0.0))
     return rows
+
+
+def failure(error: BaseException | None) -> str:
+    """Why a trial failed, in one line: loomray's own sentence when it gave one (those
+    start with ``loomray: ``), else the last line of the error."""
+    from loomray.train.launch import loomray_reason
+
+    lines = [x.strip() for x in str(error or "").splitlines() if x.strip()]
+    return loomray_reason(error or "") or (lines[-1] if lines else "unknown")[:300]
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

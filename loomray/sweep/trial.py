@@ -16,10 +16,14 @@ from loomray.sweep.reuse import _locked, _read_json, _write_json, pruned_trainin
 from loomray.sweep.spec import SweepSpec
 
 
-def _make_report_callback(metric: str, reference: str, model: str, final_step: int):
+def _make_report_callback(
+    metric: str, reference: str, model: str, final_step: int, scale: float = 1.0
+):
     """Forwards the training's reference-sampler score to Tune for ASHA (see
     ``loomray.sweep.search``): ``prune_<metric>`` at ``prune_step``, tagged with the
-    training key, for every in-training evaluation before the last step."""
+    training key, for every in-training evaluation before the last step. With
+    same_images, ``prune_step`` counts steps of the reference batch (``scale``: this
+    training's steps per reference step), so ASHA's rungs compare equal images."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class SweepReport(TuneReportCallback):
@@ -27,7 +31,8 @@ def _make_report_callback(metric: str, reference: str, model: str, final_step: i
             m = metrics[0]
             if f"{metric}/{reference}" not in m or m["step"] >= final_step:
                 return
-            out = {f"prune_{metric}": m[f"{metric}/{reference}"], "prune_step": m["step"]}
+            step = round(m["step"] / scale)
+            out = {f"prune_{metric}": m[f"{metric}/{reference}"], "prune_step": step}
             super().after_report(run_context, [{**out, "model": model}], None)
 
     return SweepReport()
@@ -55,7 +60,13 @@ def _evaluate_checkpoint(checkpoint: str, method: str, n: int, threads: int) -> 
 
 
 def _train_model(
-    cfg: Config, method: str, model_dir: Path, metric: str, reference: str | None, holder: str
+    cfg: Config,
+    method: str,
+    model_dir: Path,
+    metric: str,
+    reference: str | None,
+    holder: str,
+    scale: float = 1.0,
 ) -> dict[str, Any]:
     from loomray.checkpoint import resolve_checkpoint
     from loomray.train.launch import launch
@@ -66,7 +77,7 @@ def _train_model(
         methods = tuple(dict.fromkeys((method, reference)))
         cfg = replace(cfg, eval=replace(cfg.eval, methods=methods))
         callbacks.append(
-            _make_report_callback(metric, reference, model_dir.name, cfg.train.steps)
+            _make_report_callback(metric, reference, model_dir.name, cfg.train.steps, scale)
         )
     result = launch(
         cfg,
@@ -76,6 +87,7 @@ def _train_model(
         quiet=True,
         callbacks=callbacks,
         holder=holder,
+        require_evaluation=True,  # its score is the point: fail now, not after training
     )
     if result.checkpoint is not None:
         ckpt = result.checkpoint / CHECKPOINT_FILE
@@ -125,7 +137,8 @@ def run_trial(params: dict[str, Any], spec: SweepSpec) -> None:
         if done is None:
             reference = spec.scheduler["sampler"] if spec.scheduler else None
             holder = f"trial {trial_id} of sweep {spec.dir}"
-            done = _train_model(cfg, method, model_dir, spec.metric, reference, holder)
+            scale = spec.batch_scale(cfg.train.batch)
+            done = _train_model(cfg, method, model_dir, spec.metric, reference, holder, scale)
             ev = done.pop("eval", None)
             if ev is not None:
                 _write_json(model_dir / "evals" / f"{method}.json", ev)
