@@ -69,8 +69,12 @@ def test_raycluster_manifest():
     head = cluster["spec"]["headGroupSpec"]
     groups = cluster["spec"]["workerGroupSpecs"]
     pods = [head["template"]["spec"]] + [g["template"]["spec"] for g in groups]
-    secrets = {_token_env(c) for p in pods for c in p["containers"]}
-    assert secrets == {("loomray-ray-token", "auth_token")}  # one token, every pod
+    # token auth through KubeRay's authOptions: the operator puts the Secret's token
+    # on every container and uses it itself (polling RayJobs), so no pod sets its own
+    assert cluster["spec"]["authOptions"] == {"mode": "token", "secretName": "loomray-ray-token"}
+    for p in pods:
+        for c in p["containers"]:
+            assert not {e["name"] for e in c.get("env", [])} & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
     for p in pods:
         assert {v["persistentVolumeClaim"]["claimName"] for v in p["volumes"]} == {
             pvc["metadata"]["name"]

@@ -92,12 +92,18 @@ class _Step:
 
 
 def _reconstructed() -> bool:
-    """True inside a Ray actor that Ray restarted after it died."""
+    """True inside a Ray actor that Ray restarted after it died. (Ray's own
+    ``was_current_actor_reconstructed`` reads a deprecated property and warns.)"""
     try:
         import ray
+        from ray._private.state import actors
 
-        return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
-    except (ImportError, AttributeError, RuntimeError):
+        if not ray.is_initialized():
+            return False
+        actor = ray.get_runtime_context().get_actor_id()
+        info = actors(actor_id=actor) if actor else None
+        return bool(info) and info["NumRestarts"] != 0
+    except (ImportError, AttributeError, RuntimeError, KeyError):
         return False
 
 
