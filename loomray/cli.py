@@ -538,7 +538,8 @@ def sweep_cmd(
         resource, most, share = result.busy
         console.print(
             f"{resource} time held by trials: {100 * share:.0f}% of {most:g} {resource}s over "
-            f"{result.seconds:.0f} s, {plural(result.concurrency, 'trial')} at once",
+            f"{result.seconds:.0f} s, {plural(result.concurrency, 'trial')} at once; trials "
+            f"waited {result.waited_s:.0f} s in their slots for another trial's training",
             markup=False,
         )
     if sweep.multi:
@@ -601,13 +602,17 @@ def _sweep_table(sweep, result) -> None:
 
 def _print_plan(sweep, gpus: int | None, gpu: str, rate: float | None) -> None:
     """`loomray sweep --plan`: what the sweep will train and cost; nothing starts."""
+    from loomray.sweep import SweepError
     from loomray.sweep.plan import duration, plan_sweep
 
     if gpus is not None and gpus < 1 or rate is not None and rate <= 0:
         fail("--gpus must be at least 1 and --rate positive")
-    p = plan_sweep(sweep, gpus, gpu, rate)
+    try:
+        p = plan_sweep(sweep, gpus, gpu, rate)
+    except SweepError as err:
+        fail(str(err))
     keys = list(p.models[0].params) if p.models else []
-    table = Table(title=f"sweep {sweep.name}: the models it trains (at most)")
+    table = Table(title=f"sweep {sweep.name}: the models it may train")
     for col in (*(k.split(".")[-1] for k in keys), "steps", "images", f"{p.device}s", "hours"):
         table.add_column(col, justify="right")
     for m in p.models:
@@ -619,13 +624,13 @@ def _print_plan(sweep, gpus: int | None, gpu: str, rate: float | None) -> None:
     console.print(
         f"{sweep.trials} trials, {len(p.models)}{more} models trained at most (trials that "
         f"differ only in sampler score a trained model)\n"
+        "training alone, estimated low (one process's step; DDP and the service add):\n"
         f"training: {p.gpu_hours:.1f} {p.device}-hours at {p.rate:g} steps/s "
         f"({p.rate_source}); about {duration(p.wall_hours)} of wall clock on {p.gpus:g} "
         f"{p.device}s "
         f"({plural(p.slots, 'training')} at once)\n"
-        f"in-training evaluation: {p.evaluations} evaluations, {p.samples:,} samples, "
-        f"{p.nfe:,.0f} network evaluations; ASHA stops some trainings early, so these "
-        "are upper bounds",
+        f"in-training evaluation, not priced: {p.evaluations} evaluations, {p.samples:,} "
+        f"samples, {p.nfe:,.0f} network evaluations; ASHA stops some trainings early",
         markup=False,
     )
 

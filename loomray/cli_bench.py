@@ -224,14 +224,14 @@ def bench_sweep_cmd(
         fail(str(err))
     gpus = gpu_nodes * gpus_per_node
     table = Table(title=f"caches.yaml's shape, {trials} trials, {gpus} fake GPUs")
-    for col in ("waiting trials", "trainings at once", "wall s", "GPU time held",
+    for col in ("waiting trials", "at once", "wall s", "GPU time held", "slot-s waited",
                 "models trained", "trials done", "pruned"):
         table.add_column(col, justify="right")
     for r in runs:
         table.add_row(
             "put aside" if r.put_aside else "hold a slot", str(r.concurrency),
-            f"{r.seconds:.0f}", f"{100 * r.busy:.0f}%", str(r.trained), str(r.finished),
-            str(r.pruned),
+            f"{r.seconds:.0f}", f"{100 * r.busy:.0f}%", f"{r.waited_s:.0f}", str(r.trained),
+            str(r.finished), str(r.pruned),
         )
     console.print(table)
     if path:

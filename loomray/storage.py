@@ -49,7 +49,11 @@ def check_shared(folder: Path, what: str) -> None:
             ).remote(str(mark))
             for n in nodes
         ]
-        for ip, seen in ray.get(refs, timeout=120):
+        for ref in refs:
+            try:
+                ip, seen = ray.get(ref, timeout=120)
+            except Exception:  # a node going away (an idle one the autoscaler ends)
+                continue  # cannot be asked, and will hold no worker either
             if not seen:
                 raise StorageError(
                     f"{what} {folder} is not shared: the node at {ip} does not see it; put "

@@ -91,6 +91,7 @@ def test_grid_search_and_the_pruning_sampler():
 def test_pruned_trainings_and_partial_results_never_reach_optuna_as_complete(tmp_path):
     import optuna
 
+    from loomray.sweep.budget import set_concurrency
     from loomray.sweep.reuse import pruned_training
     from loomray.sweep.search import make_scheduler, make_searcher
 
@@ -103,6 +104,7 @@ def test_pruned_trainings_and_partial_results_never_reach_optuna_as_complete(tmp
     }
     spec = spec_from_dict(raw, "t.yaml", storage=str(tmp_path))
     spec.dir.mkdir(parents=True)
+    set_concurrency(spec.dir, 3)
     searcher, scheduler = make_searcher(spec), make_scheduler(spec, 300)
 
     class Trial:
@@ -352,6 +354,11 @@ def test_same_images_scales_steps_and_asha_compares_equal_images():
         cfg, _ = spec.trial_config({"train.batch": batch})
         assert cfg.train.steps == steps and cfg.train.steps * batch == 300 * 64
         assert cfg.train.ckpt_every * batch == 100 * 64 and cfg.eval.every * batch == 150 * 64
+        base = spec_from_dict({**raw, "same_images": False}, "spec").trial_config({})[0]
+        # the EMA's horizon, 1 / (1 - decay) steps, covers as many images
+        horizon = batch / (1 - cfg.train.ema)
+        assert horizon == pytest.approx(64 / (1 - base.train.ema))
+        assert cfg.train.warmup * batch == pytest.approx(base.train.warmup * 64, abs=batch)
     assert spec.to_dict()["same_images"] is True
 
 
@@ -384,3 +391,47 @@ def test_the_plan_of_caches_counts_models_steps_and_hours():
     assert plan_sweep(load_spec("caches"), gpus=8, gpu="H100").slots == 2
     with pytest.raises(SweepError, match="no step rate measured for cifar10 on A10G"):
         plan_sweep(load_spec("caches"), gpu="A10G")
+
+
+def test_no_trial_is_started_to_wait_for_another_trials_training(tmp_path):
+    """2 models x 3 samplers, 2 trials at once: a proposal whose model a running trial
+    trains is put aside (never handed to a trial), another is asked for; once that
+    training ends the put-aside one comes first; never more than 2 live trials."""
+    from loomray.sweep.budget import set_concurrency
+    from loomray.sweep.search import make_searcher
+
+    raw = {
+        **SPEC,
+        "space": {"coupling.caches": {"choice": [1, 2]}, "sampler.steps": {"choice": [1, 2, 4]}},
+        "trials": 6,
+        "seed": 3,
+    }
+    spec = spec_from_dict(raw, "t.yaml", storage=str(tmp_path))
+    spec.dir.mkdir(parents=True)
+    set_concurrency(spec.dir, 2)
+    searcher = make_searcher(spec)
+    running: dict[str, str] = {}  # trial -> its model
+    trainer: dict[str, str] = {}  # model -> the trial training it
+    handed = 0
+    for i in range(40):
+        tid = f"t{i}"
+        params = searcher.suggest(tid)
+        if params is None:  # nothing may start now: the oldest running trial ends
+            assert len(running) == 2 or searcher.aside
+            done_id = next(iter(running))
+            model = running.pop(done_id)
+            if trainer.get(model) == done_id:
+                (spec.dir / "models" / model).mkdir(parents=True, exist_ok=True)
+                (spec.dir / "models" / model / "done.json").write_text("{}")
+            searcher.on_trial_complete(done_id, {"final": True, "fid": 1.0, "nfe": 1.0})
+            continue
+        handed += 1
+        model = searcher.plan(params)
+        assert model not in {m for t, m in running.items() if trainer.get(m) == t}
+        if not (spec.dir / "models" / model / "done.json").exists():
+            trainer[model] = tid
+        running[tid] = model
+        assert len(running) <= 2
+        if handed == 6:
+            break
+    assert handed == 6 and len(trainer) == 2  # each model trained once

@@ -27,6 +27,7 @@ class SweepRun:
     finished: int
     pruned: int
     concurrency: int
+    waited_s: float  # trial-seconds in a slot waiting for another trial's training
 
 
 def caches_shape(trials: int, steps: int) -> dict:
@@ -83,7 +84,14 @@ def bench_sweep(
                 busy = r.busy[2] if r.busy else 0.0
                 runs.append(
                     SweepRun(
-                        put_aside, r.seconds, busy, r.trained, r.finished, pruned, r.concurrency
+                        put_aside,
+                        r.seconds,
+                        busy,
+                        r.trained,
+                        r.finished,
+                        pruned,
+                        r.concurrency,
+                        r.waited_s,
                     )
                 )
         finally:

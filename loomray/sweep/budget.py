@@ -13,7 +13,7 @@ as fit.
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
 from loomray.capacity import Capacity
 from loomray.config import Config
@@ -23,22 +23,19 @@ AUTO = 0  # spec.concurrency of ``concurrency: auto``
 
 
 def trial_need(cfg: Config) -> dict[str, float]:
-    """What one trial holds at most: its service and its training's workers."""
+    """What one trial holds at most, in all: its service and its training's workers."""
     from loomray.train.launch import training_need
 
     return training_need(cfg)
 
 
 def trials_that_fit(cfg: Config, capacity: Capacity) -> int | None:
-    """How many trials the cluster can hold at once (None: an autoscaler may add nodes
-    up to a limit that cannot be read)."""
-    if capacity.most is None:
-        return None
-    need = trial_need(cfg)
-    return min(
-        (math.floor(capacity.most.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0),
-        default=10**6,
-    )
+    """How many trials the cluster can hold at once, node by node (None: an autoscaler
+    may add nodes up to a limit that cannot be read)."""
+    from loomray.capacity import trainings_that_fit
+    from loomray.train.launch import training_bundles
+
+    return trainings_that_fit(capacity, *training_bundles(cfg))
 
 
 def _describe(cfg: Config, n: int) -> str:
@@ -70,12 +67,33 @@ def resolve_concurrency(spec: SweepSpec, cfg: Config, capacity: Capacity) -> int
             )
         return min(fit, spec.trials)
     if fit is not None and spec.concurrency > fit:
-        most = capacity.most
+        most = capacity.most or {}
         short = [k for k, v in trial_need(cfg).items() if spec.concurrency * v > most.get(k, 0)]
         short.sort(key=lambda k: k != "GPU")  # the scarce one first
+        where = (
+            capacity.describe(short[0])
+            if short
+            else "they do not fit on the cluster's nodes (a worker must fit on one node)"
+        )
         raise SweepError(
-            f"sweep {spec.name} asks for {_describe(cfg, spec.concurrency)}, but "
-            f"{capacity.describe(short[0])}; lower concurrency to {max(fit, 1)}, or "
-            "concurrency: auto"
+            f"sweep {spec.name} asks for {_describe(cfg, spec.concurrency)}, but {where}; "
+            f"lower concurrency to {max(fit, 1)}, or concurrency: auto"
         )
     return spec.concurrency
+
+
+CONCURRENCY_FILE = "concurrency"
+
+
+def set_concurrency(sweep_dir: Path, n: int) -> None:
+    """The trials a sweep runs at once, for this run of it: written to its dir, where
+    the searcher and the scheduler read it (not Tune's ConcurrencyLimiter, whose
+    restored state would keep the first run's number on --resume)."""
+    (Path(sweep_dir) / CONCURRENCY_FILE).write_text(f"{int(n)}\n")
+
+
+def concurrency_of(sweep_dir: Path) -> int:
+    try:
+        return max(1, int((Path(sweep_dir) / CONCURRENCY_FILE).read_text()))
+    except (OSError, ValueError):
+        return 1

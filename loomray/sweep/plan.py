@@ -6,10 +6,12 @@
 A sweep trains one model per *training* configuration it meets (the sampler does
 not change training), at most ``trials`` of them, and scores each trial's sampler.
 The cost is the trainings' steps at a step rate: one measured on a named GPU
-(``MEASURED``: the eager training step, which is bound by the host and so about
-the same at the per-rank batches of the GPU presets), or one given. ASHA stops
-some trainings early, so the figures are upper bounds; in-training evaluation is
-listed apart, in samples and network evaluations, not priced.
+(``MEASURED``: one process's eager training step, which is bound by the host and
+so about the same at the per-rank batches of the GPU presets), or one given. That
+is an estimate of the training alone, low rather than high: DDP's all-reduce and
+the coupling service add to a step, another machine of the same GPU ran the step
+at 7.7 steps/s (docs/results.md), and in-training evaluation is listed apart, in
+samples and network evaluations, not priced. ASHA stops some trainings early.
 """
 
 from __future__ import annotations
@@ -101,6 +103,10 @@ def plan_sweep(
     sampler = {k: spec.space[k].grid()[0] for k in SAMPLER_KEYS if k in spec.space}
     t = cfg0.train
     per_gpu = int(math.ceil(t.workers * t.gpus_per_worker)) if t.gpus_per_worker else t.workers
+    if gpus is None and not spec.concurrency:
+        raise SweepError(
+            "concurrency: auto follows the cluster; pass --gpus N to plan for N GPUs"
+        )
     slots = spec.concurrency or 1
     if gpus is not None:
         slots = max(1, gpus // max(per_gpu, 1))

@@ -73,7 +73,7 @@ def _run_sweep(spec, resume, address, quiet, verbose, on_dashboard, dashboard_ho
 
     from loomray.data import build_dataset
     from loomray.ray_cluster import connect
-    from loomray.sweep.budget import resolve_concurrency
+    from loomray.sweep.budget import resolve_concurrency, set_concurrency
     from loomray.train.launch import check_resources
 
     resumed = prepare_sweep_dir(spec, resume)
@@ -96,8 +96,9 @@ def _run_sweep(spec, resume, address, quiet, verbose, on_dashboard, dashboard_ho
         raise SweepError(str(err)) from None
     if not resumed:
         (spec.dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    set_concurrency(spec.dir, concurrency)  # read by the searcher and the scheduler
     started = time.time()
-    tuner = _tuner(spec, cfg, concurrency, resumed, verbose)
+    tuner = _tuner(spec, cfg, resumed, verbose)
     resource = "GPU" if cfg.train.gpus_per_worker else "CPU"
     with Occupancy(resource, (capacity.most or capacity.now).get(resource, 0.0)) as busy:
         grid = tuner.fit()
@@ -121,7 +122,7 @@ def trial_resources(cfg):
     return tune.PlacementGroupFactory(bundles)
 
 
-def _tuner(spec: SweepSpec, cfg, concurrency: int, resumed: bool, verbose: int):
+def _tuner(spec: SweepSpec, cfg, resumed: bool, verbose: int):
     from ray import tune
 
     from loomray.sweep.search import make_scheduler, make_searcher
@@ -131,12 +132,9 @@ def _tuner(spec: SweepSpec, cfg, concurrency: int, resumed: bool, verbose: int):
     )
     tune_dir = spec.dir / "tune"
     if resumed and tune.Tuner.can_restore(str(tune_dir)):
-        tuner = tune.Tuner.restore(
+        return tune.Tuner.restore(
             str(tune_dir), trainable, resume_unfinished=True, resume_errored=True
         )
-        # the trials at once may differ from the first run's (another cluster)
-        tuner._local_tuner._tune_config.max_concurrent_trials = concurrency
-        return tuner
     searched = spec.space.get("train.steps")
     steps = max([cfg.train.steps, *(int(v) for v in (searched.edges() if searched else ()))])
     return tune.Tuner(
@@ -144,8 +142,7 @@ def _tuner(spec: SweepSpec, cfg, concurrency: int, resumed: bool, verbose: int):
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(spec),
             scheduler=make_scheduler(spec, steps),
-            num_samples=spec.trials,
-            max_concurrent_trials=concurrency,
+            num_samples=spec.trials,  # concurrency: the searcher and scheduler read it
         ),
         run_config=tune.RunConfig(
             name="tune",

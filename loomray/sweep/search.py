@@ -36,9 +36,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from loomray.sweep.budget import concurrency_of
 from loomray.sweep.reuse import PRUNED_FILE, _write_json
 from loomray.sweep.spec import SweepSpec
 
@@ -50,6 +52,17 @@ def prune_metric(metric: str) -> str:
 # Proposals asked for per trial before a repeated configuration is accepted.
 ASKS = 50
 logger = logging.getLogger(__name__)
+class _Capped:
+    """A scheduler that starts no trial while ``concurrency`` run: every trial counts,
+    those Tune requeues on --resume (unfinished or errored) included."""
+
+    sweep_dir: str
+
+    def choose_trial_to_run(self, tune_controller):
+        running = sum(t.status == Trial.RUNNING for t in tune_controller.get_trials())
+        if running >= concurrency_of(Path(self.sweep_dir)):
+            return None
+        return super().choose_trial_to_run(tune_controller)
 
 
 @dataclass
@@ -75,11 +88,17 @@ class SweepSearch(OptunaSearch):
         keys = state.setdefault("keys", {})  # trial id -> configuration
         training = state.setdefault("training", {})  # training key -> trial training it
         aside = state.setdefault("aside", [])
+        live = state.setdefault("live", set())
+        if len(live) >= concurrency_of(self.sweep_dir):
+            return None  # as many trials as may run: none is suggested ahead of time
         for waiting in aside:  # a put-aside proposal whose training has ended goes first
             if waiting.model not in training:
                 aside.remove(waiting)
                 self._ot_trials[trial_id] = waiting.ot_trial
                 keys[trial_id] = waiting.key
+                live.add(trial_id)
+                if not self.trained(waiting.model):  # its trainer failed: this one trains
+                    training[waiting.model] = trial_id
                 return waiting.params
         for attempt in range(ASKS):
             if len(keys) + len(aside) >= self.limit:
@@ -99,6 +118,7 @@ class SweepSearch(OptunaSearch):
             if not self.trained(model):
                 training[model] = trial_id
             keys[trial_id] = key
+            live.add(trial_id)
             return params
         return None
 
@@ -126,6 +146,7 @@ class SweepSearch(OptunaSearch):
         training = self.__dict__.setdefault("training", {})
         for model in [m for m, t in training.items() if t == trial_id]:
             del training[model]  # trained, pruned or failed: its put-aside ones may go
+        self.__dict__.setdefault("live", set()).discard(trial_id)
         if result is not None and not result.get("final"):
             result = None  # stopped before its final score: PRUNED (FAIL on error)
         if result is not None and not error and trial_id in self.__dict__.get("keys", {}):
@@ -136,12 +157,22 @@ class SweepSearch(OptunaSearch):
         return super().on_trial_complete(trial_id, result=result, error=error)
 
 
-class SweepASHA(ASHAScheduler):
-    """ASHA on the reference-sampler FID that records the trainings it stops."""
+class SweepFIFO(_Capped, FIFOScheduler):
+    """Trials in the order they come, ``concurrency`` at a time."""
 
-    def __init__(self, models_dir: str, **kwargs: Any) -> None:
+    def __init__(self, sweep_dir: str) -> None:
+        super().__init__()
+        self.sweep_dir = sweep_dir
+
+
+class SweepASHA(_Capped, ASHAScheduler):
+    """ASHA on the reference-sampler FID that records the trainings it stops,
+    ``concurrency`` trials at a time."""
+
+    def __init__(self, models_dir: str, sweep_dir: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.models_dir = models_dir
+        self.sweep_dir = sweep_dir
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
@@ -182,6 +213,7 @@ def make_searcher(spec: SweepSpec) -> SweepSearch:
     searcher.trained = partial(_trained, spec.dir / "models")
     searcher.limit = spec.trials
     searcher.put_aside = spec.put_aside
+    searcher.sweep_dir = spec.dir
     return searcher
 
 
@@ -197,11 +229,12 @@ def _trained(models: Path, key: str) -> bool:
     return (models / key / "done.json").is_file() or (models / key / PRUNED_FILE).is_file()
 
 
-def make_scheduler(spec: SweepSpec, steps: int) -> SweepASHA | None:
+def make_scheduler(spec: SweepSpec, steps: int) -> SweepASHA | SweepFIFO:
     if spec.scheduler is None:
-        return None
+        return SweepFIFO(str(spec.dir))
     return SweepASHA(
         models_dir=str(spec.dir / "models"),
+        sweep_dir=str(spec.dir),
         time_attr="prune_step",
         metric=prune_metric(spec.metric),
         mode="min",

@@ -44,7 +44,7 @@ SPEC_KEYS = (
     "same_images",
 )
 # Keys counted in steps: with same_images they are scaled by reference batch / batch.
-STEP_KEYS = ("train.steps", "train.ckpt_every", "train.sample_every", "eval.every")
+STEP_KEYS = ("train.steps", "train.warmup", "train.ckpt_every", "train.sample_every", "eval.every")
 SEARCHES = ("tpe", "grid")
 SAMPLER_KEYS = ("sampler.solver", "sampler.steps")
 DOMAINS = ("choice", "int", "float", "loguniform")
@@ -178,8 +178,9 @@ class SweepSpec:
     search: str = "tpe"
     same_images: bool = False
     """Every trial sees as many images as the base's batch does in its steps: a trial
-    of batch b trains steps x reference_batch / b (its checkpoints and evaluations
-    scaled alike), so that batch sizes compare at equal data, not equal steps."""
+    of batch b trains steps x reference_batch / b (its warm-up, checkpoints and
+    evaluations scaled alike, and its EMA decay so that the EMA averages over as
+    many images), so that batch sizes compare at equal data, not equal steps."""
     reference_batch: int = 0
     put_aside: bool = True
     """False: a trial whose model another trial trains waits for it in its slot (as
@@ -225,6 +226,9 @@ class SweepSpec:
             section, name = key.split(".")
             steps = getattr(getattr(cfg, section), name)
             values[key] = max(1, round(steps * scale)) if steps else 0
+        # the EMA's horizon in images too: 1 - decay is per step, so it scales with 1/scale
+        if cfg.train.ema > 0:
+            values["train.ema"] = max(0.0, 1.0 - (1.0 - cfg.train.ema) / scale)
         return load_config_values(self.base, values, frozenset(self.space)), method
 
     def batch_scale(self, batch: int) -> float:

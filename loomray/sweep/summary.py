@@ -24,6 +24,7 @@ class SweepResult:
     seconds: float
     busy: tuple[str, float, float] | None = None  # resource, how many, share held
     concurrency: int = 0
+    waited_s: float = 0.0  # trial-seconds spent in a slot waiting for another's training
 
 
 def _trial_rows(spec: SweepSpec, grid) -> list[dict[str, Any]]:
@@ -58,6 +59,26 @@ def _trial_rows(spec: SweepSpec, grid) -> list[dict[str, Any]]:
         rows.append(row)
     rows.sort(key=lambda r: (r[spec.metric] is None, r[spec.metric] or 0.0))
     return rows
+
+
+def slot_waits(spec: SweepSpec) -> float:
+    """Seconds that trials which only scored a model spent in their slots before that
+    model was trained (by another trial), from the trials' records and the models'
+    done.json times."""
+    import json
+
+    waited = 0.0
+    for path in (spec.dir / "trials").glob("*.json"):
+        try:
+            r = json.loads(path.read_text())
+            if not r.get("final") or r.get("trained"):
+                continue
+            started = path.stat().st_mtime - float(r["trial_seconds"])
+            done = (spec.dir / "models" / r["model"] / "done.json").stat().st_mtime
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        waited += max(0.0, done - started)
+    return waited
 
 
 def failure(error: BaseException | None) -> str:
@@ -172,6 +193,7 @@ def summarize(spec: SweepSpec, grid, seconds: float) -> SweepResult:
         interrupted=interrupted,
         files=files,
         seconds=seconds,
+        waited_s=slot_waits(spec),
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from loomray.capacity import Capacity, cluster_capacity, fits
+from loomray.capacity import Capacity, cluster_capacity, trainings_that_fit
 from loomray.checkpoint import CheckpointError, init_weights, latest_step
 from loomray.config import (
     Config,
@@ -128,7 +128,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True
 
 
 def training_need(cfg: Config) -> dict[str, float]:
-    """What one training holds while it runs: its workers and its coupling service."""
+    """What one training holds while it runs, in all: its workers and its service."""
     t = cfg.train
     need = {"CPU": t.workers * t.cpus_per_worker + cfg.coupling.service_cpus}
     if t.gpus_per_worker:
@@ -136,25 +136,44 @@ def training_need(cfg: Config) -> dict[str, float]:
     return need
 
 
+def training_bundles(cfg: Config) -> tuple[int, dict[str, float], dict[str, float]]:
+    """A training as Ray places it: ``workers`` bundles of one worker's resources (each
+    on one node), and its coupling service's."""
+    t = cfg.train
+    worker = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.gpus_per_worker else {})}
+    service = {"CPU": cfg.coupling.service_cpus} if cfg.coupling.service_cpus else {}
+    return t.workers, worker, service
+
+
 def check_resources(cfg: Config, capacity: Capacity | None = None) -> Capacity:
     """Refuse in seconds what the cluster can never schedule, instead of waiting: what
-    its nodes have, or what its autoscaler may grow it to (loomray.capacity)."""
+    its nodes have, or what its autoscaler may grow it to (loomray.capacity), node by
+    node (a worker's bundle must fit on one)."""
     cap = capacity or cluster_capacity()
     t = cfg.train
-    missing = fits(training_need(cfg), cap)
-    if "GPU" in missing:
+    if trainings_that_fit(cap, *training_bundles(cfg)) != 0:
+        return cap  # fits, or the autoscaler's limits are unknown
+    most = cap.most or {}
+    need = training_need(cfg)
+    if need.get("GPU", 0) > most.get("GPU", 0):
         raise LaunchError(
             f"{cfg.name} asks for {t.workers} workers x {t.gpus_per_worker:g} GPU but "
             f"{cap.describe('GPU')}; pass --cpu, fewer --workers, or the --address of a "
             "cluster with GPUs"
         )
-    if "CPU" in missing:
+    if need["CPU"] > most.get("CPU", 0):
         raise LaunchError(
-            f"{cfg.name} asks for {training_need(cfg)['CPU']:g} CPUs ({t.workers} workers x "
+            f"{cfg.name} asks for {need['CPU']:g} CPUs ({t.workers} workers x "
             f"{t.cpus_per_worker:g} + {cfg.coupling.service_cpus:g} for the coupling service) "
             f"but {cap.describe('CPU')}; lower train.cpus_per_worker or --workers"
         )
-    return cap
+    gpu = f" + {t.gpus_per_worker:g} GPU" if t.gpus_per_worker else ""
+    raise LaunchError(
+        f"{cfg.name}'s {t.workers} workers of {t.cpus_per_worker:g} CPU{gpu} each and its "
+        f"coupling service's {cfg.coupling.service_cpus:g} CPU do not fit on the cluster's "
+        "nodes (a worker must fit on one node); lower train.cpus_per_worker, or use larger "
+        "nodes"
+    )
 
 
 def service_name(cfg: Config, run_dir: Path) -> str:
@@ -264,6 +283,45 @@ def start_service(cfg: Config, rows: int, run_dir: Path):
         ) from err
     ray.get(handle.ping.remote())
     return handle
+
+
+def preflight(cfg: Config, run_dir: Path, require_evaluation: bool) -> None:
+    """Before the Train workers start: one task with a worker's resources (so on the
+    kind of node they get; an autoscaler adds one if needed) checks that it sees the
+    run dir, and for a training that needs its evaluation, that the evaluation can
+    run there. LaunchError in loomray's words, in seconds, instead of a worker group
+    that Ray Train starts and restarts (``train.max_failures``) to the same failure.
+    Skipped on a one-node cluster when no evaluation is required."""
+    import ray
+
+    if not require_evaluation and sum(n["Alive"] for n in ray.nodes()) < 2:
+        return
+    t = cfg.train
+    task = ray.remote(_preflight).options(
+        num_cpus=t.cpus_per_worker, num_gpus=t.gpus_per_worker, scheduling_strategy="DEFAULT"
+    )
+    problem = ray.get(task.remote(cfg.to_dict(), str(run_dir.resolve()), require_evaluation))
+    if problem:
+        raise LaunchError(problem)
+
+
+def _preflight(config: dict[str, Any], run_dir: str, evaluate: bool) -> str | None:
+    """On a worker's node: what would stop the workers there, or None."""
+    import torch
+
+    from loomray.train.evaluation import TrainingEvaluation
+    from loomray.train.worker import check_run_dir_shared
+
+    try:
+        check_run_dir_shared(Path(run_dir))
+        if evaluate:
+            cuda = torch.cuda.is_available() and not fake_gpus()
+            device = torch.device("cuda" if cuda else "cpu")
+            cfg = config_from_dict(config)
+            TrainingEvaluation(cfg, device, Path(run_dir), 0, 1).require()
+    except RuntimeError as err:
+        return loomray_reason(err) or str(err)
+    return None
 
 
 def loomray_reason(err: BaseException | str) -> str | None:
@@ -399,6 +457,7 @@ def launch(
         except StorageError as err:
             raise LaunchError(str(err)) from None
         resumed = prepare_run_dir(cfg, run_dir, resume)
+        preflight(cfg, run_dir, require_evaluation)
         service = start_service(cfg, len(dataset), run_dir)
         if on_ready is not None:
             on_ready(service)
