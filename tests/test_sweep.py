@@ -435,3 +435,34 @@ def test_no_trial_is_started_to_wait_for_another_trials_training(tmp_path):
         if handed == 6:
             break
     assert handed == 6 and len(trainer) == 2  # each model trained once
+
+
+def test_the_trials_at_once_follow_the_sweep_dir_on_resume(tmp_path):
+    """Tune's own limiter would restore the first run's number; the sweep's scheduler
+    reads this run's from the sweep dir and counts every running trial, those Tune
+    requeued on --resume included."""
+    from ray.tune.experiment import Trial
+
+    from loomray.sweep.budget import set_concurrency
+    from loomray.sweep.search import make_scheduler
+
+    spec = spec_from_dict(SPEC, "t.yaml", storage=str(tmp_path))
+    spec.dir.mkdir(parents=True)
+    scheduler = make_scheduler(spec, 300)
+
+    class Stub:
+        def __init__(self, status):
+            self.status = status
+
+    class Controller:
+        def __init__(self, trials):
+            self.trials = trials
+
+        def get_trials(self):
+            return self.trials
+
+    trials = [Stub(Trial.RUNNING), Stub(Trial.RUNNING), Stub(Trial.PENDING)]
+    set_concurrency(spec.dir, 3)
+    assert scheduler.choose_trial_to_run(Controller(trials)) is trials[2]
+    set_concurrency(spec.dir, 2)  # --resume --concurrency 2 on a smaller cluster
+    assert scheduler.choose_trial_to_run(Controller(trials)) is None
