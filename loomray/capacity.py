@@ -69,7 +69,10 @@ def cluster_capacity() -> Capacity:
         return _grown(now, alive, published)
     if not _autoscaler_runs():
         return Capacity(now, alive, "nodes")
-    config = _autoscaling_config(ray.get_runtime_context().gcs_address)
+    flags = _monitor_flags(ray.get_runtime_context().gcs_address)
+    if flags is not None and "autoscaling-config" not in flags:
+        return Capacity(now, alive, "nodes")  # a local Ray's monitor: nothing to scale
+    config = _autoscaling_config(flags) if flags is not None else None
     nodes = largest_cluster(config) if isinstance(config, dict) else None
     return _grown(now, alive, nodes)
 
@@ -110,8 +113,10 @@ def _autoscaler_runs() -> bool:
         return False
 
 
-def _autoscaling_config(gcs_address: str) -> dict | None:
-    """The autoscaling config of the monitor of ``gcs_address`` on this machine."""
+def _monitor_flags(gcs_address: str) -> dict[str, str] | None:
+    """The ``--flag=value`` arguments of the monitor (autoscaler) of ``gcs_address`` on
+    this machine; None when it runs elsewhere. Every head runs one, a local Ray's
+    without an ``--autoscaling-config``."""
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
@@ -120,14 +125,18 @@ def _autoscaling_config(gcs_address: str) -> dict | None:
         if not any(a.endswith("monitor.py") for a in args[:3]):
             continue
         flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
-        if flags.get("gcs-address") != gcs_address or "autoscaling-config" not in flags:
-            continue
-        try:
-            text = Path(flags["autoscaling-config"]).expanduser().read_text()
-            return json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-        except (OSError, ValueError, yaml.YAMLError):
-            return None
+        if flags.get("gcs-address") == gcs_address:
+            return flags
     return None
+
+
+def _autoscaling_config(flags: dict[str, str]) -> dict | None:
+    """The autoscaling config a monitor was started with (None: unreadable)."""
+    try:
+        text = Path(flags["autoscaling-config"]).expanduser().read_text()
+        return json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except (KeyError, OSError, ValueError, yaml.YAMLError):
+        return None
 
 
 def _count(value, default: int) -> int:

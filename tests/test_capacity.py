@@ -48,3 +48,25 @@ def test_a_service_can_take_the_cpu_a_gpu_worker_needed():
     assert trainings_that_fit(_cap([head, roomy, roomy]), 4, GPU_WORKER, SERVICE) == 2
     assert trainings_that_fit(_cap([head, roomy]), 4, GPU_WORKER, {}) == 1
     assert trainings_that_fit(Capacity({}, None, "unknown"), 4, GPU_WORKER, SERVICE) is None
+
+
+def test_a_local_ray_is_as_large_as_its_nodes(monkeypatch):
+    """Every head runs a monitor; a local Ray's has no autoscaling config, so its
+    capacity is its nodes (not "unknown", which would let a GPU run wait forever)."""
+    from loomray import capacity
+
+    now = {"CPU": 2.0}
+    fake = type("Ctx", (), {"gcs_address": "10.0.0.1:6379"})()
+    monkeypatch.setattr("ray.cluster_resources", lambda: now)
+    monkeypatch.setattr("ray.nodes", lambda: [{"Alive": True, "Resources": now}])
+    monkeypatch.setattr("ray.get_runtime_context", lambda: fake)
+    monkeypatch.setattr(capacity, "_published_nodes", lambda: None)
+    monkeypatch.setattr(capacity, "_autoscaler_runs", lambda: True)
+    flags = {"gcs-address": "10.0.0.1:6379"}
+    monkeypatch.setattr(capacity, "_monitor_flags", lambda address: flags)
+    cap = capacity.cluster_capacity()
+    assert cap.source == "nodes" and cap.most == {"CPU": 2.0}
+    assert trainings_that_fit(cap, 1, {"CPU": 1.0, "GPU": 1.0}, {"CPU": 0.0}) == 0
+
+    monkeypatch.setattr(capacity, "_monitor_flags", lambda address: None)  # head elsewhere
+    assert capacity.cluster_capacity().source == "unknown"
