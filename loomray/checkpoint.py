@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from loomray.config import Config, ConfigError, config_from_dict
-from loomray.paths import PathError, file_to_read
+from loomray.durable import replacing
+from loomray.tensor_files import TensorFileError, read_tensors
 
 FORMAT = 1
 
@@ -27,10 +28,8 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write atomically: a crash mid-write never leaves a truncated checkpoint."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save({"format": FORMAT, **payload}, tmp)
     return path
 
 
@@ -39,21 +38,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if path.is_dir():
         path = resolve_checkpoint(path)
     try:
-        file_to_read(path, "checkpoint")
-    except PathError as err:
+        ckpt = read_tensors(path, "checkpoint")
+    except TensorFileError as err:
         raise CheckpointError(str(err)) from err
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # what weights_only refuses
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read: it is not a torch file of tensors and plain "
-            "values, and loomray never unpickles anything else"
-        ) from err
-    except Exception as err:  # torch raises many types for a bad file (KeyError(101): text)
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read: it is not a file written by torch.save "
-            f"(torch.load raised {type(err).__name__})"
-        ) from err
     if not isinstance(ckpt, dict) or "format" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path} is not a loomray checkpoint")
     ckpt["path"] = str(path.resolve())  # Ray tasks and workers run in other folders

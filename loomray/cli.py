@@ -775,6 +775,8 @@ def status_cmd(
             ),
             ("service restarts", str(s["restarts"])),
         ]
+        if s.get("problem"):
+            rows.append(("problem", s["problem"]))
         for row in rows:
             table.add_row(*row)
         console.print(table)

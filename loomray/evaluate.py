@@ -32,6 +32,7 @@ from torch import nn
 
 from loomray.config import Config
 from loomray.coupling import noise_from_seeds
+from loomray.durable import replacing
 from loomray.fid import FeatureSums, extract_features, frechet_distance
 from loomray.sampling import SampleResult, parse_method, sample
 
@@ -100,10 +101,8 @@ def digits_classifier() -> tuple[DigitsClassifier, float]:
         model.load_state_dict(state["model"])
         return model.eval(), float(state["accuracy"])
     model, accuracy = train_digits_classifier()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    torch.save({"model": model.state_dict(), "accuracy": accuracy}, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save({"model": model.state_dict(), "accuracy": accuracy}, tmp)
     return model, accuracy
 
 

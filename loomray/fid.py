@@ -16,14 +16,14 @@ torch-fidelity's own ``fid_statistics_to_metric``.
 
 from __future__ import annotations
 
-import os
-import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from loomray.durable import replacing
 
 
 @dataclass
@@ -51,11 +51,8 @@ class FeatureSums:
         return mu, sigma
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        with open(tmp, "wb") as f:
+        with replacing(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, n=self.n, total=self.total, outer=self.outer)
-        tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> FeatureSums | None:

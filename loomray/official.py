@@ -30,6 +30,7 @@ import torch
 
 from loomray.checkpoint import save_checkpoint
 from loomray.config import Config, load_config
+from loomray.durable import write_text
 from loomray.models import build_model
 
 PRESETS = ("cifar10", "imagenet32", "imagenet64", "ffhq256")
@@ -171,7 +172,7 @@ def import_official(path: str | Path, preset: str, run_dir: str | Path) -> dict[
         run_dir / "train" / checkpoint_dir_name(step) / CHECKPOINT_FILE,
         {**payload, "imported_from": str(path)},
     )
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    write_text(run_dir / "config.yaml", dump_config(cfg))
     return {"checkpoint": ckpt, "step": step, "keys": len(weights), "autoencoder": len(ae)}
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from loomray.durable import replacing, write_bytes
+
 META_KEY = b"loomray.shard"
 
 
@@ -82,12 +84,6 @@ def shard_path(folder: Path, index: int) -> Path:
     return folder / f"shard-{index:05d}.parquet"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 class ShardFolder:
     """The shards of one manifest in one folder (``what`` names them in messages)."""
 
@@ -134,7 +130,7 @@ class ShardFolder:
         if self.check():
             return True
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.folder / self.name, self.manifest.to_json().encode())
+        write_bytes(self.folder / self.name, self.manifest.to_json().encode())
         return False
 
     def write(self, index: int, columns: dict[str, np.ndarray], **meta: Any) -> Path:
@@ -156,9 +152,8 @@ class ShardFolder:
         info = {"manifest": self.manifest.digest, "shard": index, "layout": layout, **meta}
         table = pa.table(arrays).replace_schema_metadata({META_KEY: json.dumps(info).encode()})
         path = shard_path(self.folder, index)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            pq.write_table(table, tmp)
         return path
 
     def meta(self, index: int) -> dict[str, Any] | None:

@@ -28,19 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from loomray.durable import write_bytes
+
 MAGIC = b"LOOMJRN1"
 _HEAD = struct.Struct("<qII")  # step, n, world
 _U32 = struct.Struct("<I")
 HEADER_KEYS = ("run", "kind", "rows", "caches", "seed", "cost", "fingerprint", "lineage")
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a node crash must not undo it)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class JournalError(ValueError):
@@ -138,13 +131,7 @@ class Journal:
         self.path = Path(path)
         self.header = dict(header)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(_encode_header(self.header) + b"".join(r.encode() for r in records))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        write_bytes(self.path, _encode_header(self.header) + b"".join(r.encode() for r in records))
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         self.bytes_written = 0
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -111,6 +112,23 @@ class LostStateError(RuntimeError):
     """A restarted service could not rebuild its state; restore it from a checkpoint."""
 
 
+class DurabilityError(RuntimeError):
+    """The service could not make a step durable; it solves nothing more."""
+
+
+def write_failure(err: OSError, what: str) -> str:
+    """One sentence for a failed write: what, where and why (disk full, quota, I/O)."""
+    why = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EIO: "an I/O error",
+        errno.EROFS: "the filesystem is read-only",
+        errno.EACCES: "permission denied",
+    }.get(err.errno, err.strerror or type(err).__name__)
+    where = f" {err.filename}" if err.filename else ""
+    return f"{what}{where} failed: {why}"
+
+
 class CouplingService:
     """Serve coupling solves to ``world`` ranks; see the module docstring."""
 
@@ -137,7 +155,11 @@ class CouplingService:
             else None
         )
         self.lost = ""  # why the state is lost, when it is (next_step None)
+        self.failed = ""  # why no step can be made durable, when one could not
+        self.snapshot_problem = ""  # why the last snapshot failed, until one succeeds
         self.restoring_to: int | None = None
+        self.restores_pending = 0
+        self.restore_lock = asyncio.Lock()
         if self.durable is not None and _reconstructed():
             self.restarts = 1
             self._rebuild(creation)
@@ -229,6 +251,8 @@ class CouplingService:
                 f"the coupling service is being restored to step {self.restoring_to}; "
                 "requests from before the restore are refused"
             )
+        if self.failed:
+            raise DurabilityError(self.failed)
         if self.next_step is None:
             raise LostStateError(
                 f"the coupling service of run {self.spec.run} restarted and cannot go on "
@@ -306,21 +330,52 @@ class CouplingService:
             self.table.step = step
         if self.durable is not None and self.durable.journal is None:
             self.durable.begin(self.table, step, creation=False)
+        if self.failed:
+            raise DurabilityError(self.failed)
         z, stats = self.coupling.step(rows, x, step_rng(self.spec.seed, step))
         record = Record(step, rows, stats.perm, counts)
         if self.durable is not None:
-            self.durable.append(record)
+            try:
+                self.durable.append(record)
+            except OSError as err:  # the step is not durable: it never happened
+                self._undo(step, rows, stats)
+                self.failed = (
+                    f"loomray: the coupling service stopped at step {step}: "
+                    f"{write_failure(err, 'writing its journal')}; the table stays at the "
+                    "last durable step; free space and resume the run"
+                )
+                raise DurabilityError(self.failed) from None
         self.recent.append(Solved(record, stats.caches, stats.seeds))
         seconds = time.perf_counter() - t0
         self.solved += 1
         self.solved_since_restore += 1
         self._observe(step, seconds, stats, len(rows))
         if self.durable is not None and (step + 1) % self.spec.snapshot_every == 0:
-            try:
-                self.durable.snapshot(self.table, step + 1, [s.record for s in self.recent])
-            except OSError as err:  # the step is journaled: only the cut is postponed
-                print(f"coupling service: snapshot at step {step + 1} failed ({err})", flush=True)
+            self._snapshot(step + 1)
         return z
+
+    def _undo(self, step: int, rows: np.ndarray, stats) -> None:
+        """Take back a solved step that could not be journaled."""
+        if self.table is not None:
+            undo_permutation(self.table.seeds, rows, stats.caches, stats.perm)
+            self.table.step = step
+
+    def _snapshot(self, step: int) -> None:
+        """Cut the journal at ``step``. A failed cut loses nothing (the steps are
+        journaled), so training goes on; it is reported in `loomray status`, the
+        metrics and the driver's output until a cut succeeds."""
+        try:
+            self.durable.snapshot(self.table, step, [s.record for s in self.recent])
+        except OSError as err:
+            self.snapshot_problem = (
+                f"{write_failure(err, f'the coupling snapshot at step {step}')}; the journal "
+                "grows until a snapshot succeeds"
+            )
+            print(f"loomray: warning: {self.snapshot_problem}", flush=True)
+        else:
+            self.snapshot_problem = ""
+        if self.telemetry.enabled:
+            self.telemetry.snapshot_failed.set(1.0 if self.snapshot_problem else 0.0)
 
     def _observe(self, step: int, seconds: float, stats, n: int) -> None:
         self.history.append(
@@ -349,22 +404,32 @@ class CouplingService:
         ``fresh``: the checkpoint has no table (an imported release): a new table at
         ``step``; LOOM's assignment starts over, the network goes on."""
         table = self._restored_table(step, seeds, fingerprint, fresh)
-        # A fence: from here until the restore is done, late submits of the old worker
-        # group are refused instead of being solved against the new table.
+        # A fence: from here until every restore is done, late submits of the old worker
+        # group are refused instead of being solved against the new table. Restores run
+        # one at a time, and the fence stays up while one is still waiting.
+        self.restores_pending += 1
         self.restoring_to = step
         try:
-            for entry in self.steps.values():
-                if not entry.event.is_set():
-                    entry.error = RuntimeError(f"the service was restored to step {step}")
-                    entry.event.set()
-            if self.solver is not None and not self.solver.done():
-                await asyncio.gather(self.solver, return_exceptions=True)
-            loop = asyncio.get_running_loop()
-            creation = seeds is None and step == 0
-            await loop.run_in_executor(self.executor, self._restart_at, step, table, creation)
-            self.steps.clear()
+            async with self.restore_lock:
+                self.restoring_to = step
+                await self._restore(step, seeds, table)
         finally:
-            self.restoring_to = None
+            self.restores_pending -= 1
+            if not self.restores_pending:
+                self.restoring_to = None
+
+    async def _restore(self, step: int, seeds, table: AssignmentTable | None) -> None:
+        """Fail the waiting steps, let the solver finish, then restart at ``step``."""
+        for entry in self.steps.values():
+            if not entry.event.is_set():
+                entry.error = RuntimeError(f"the service was restored to step {step}")
+                entry.event.set()
+        if self.solver is not None and not self.solver.done():
+            await asyncio.gather(self.solver, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        creation = seeds is None and step == 0
+        await loop.run_in_executor(self.executor, self._restart_at, step, table, creation)
+        self.steps.clear()
 
     def _restored_table(
         self, step: int, seeds: np.ndarray | None, fingerprint: str, fresh: bool = False
@@ -399,7 +464,16 @@ class CouplingService:
             self.coupling = LoomCoupling(table, self.spec.cost)
         self.next_step, self.lost = step, ""
         if self.durable is not None:
-            self.durable.begin(table, step, creation)
+            try:
+                self.durable.begin(table, step, creation)
+            except OSError as err:
+                self.failed = (
+                    f"loomray: the coupling service cannot restart at step {step}: "
+                    f"{write_failure(err, 'writing its snapshot and journal')}; free space "
+                    "and resume the run"
+                )
+                raise DurabilityError(self.failed) from None
+        self.failed = ""
 
     async def table_at(self, step: int) -> dict[str, Any] | None:
         """Seeds of the table as training sees it at ``step`` (solves of steps < step).
@@ -452,6 +526,9 @@ class CouplingService:
         }
         if self.durable is not None and self.solved:
             out["journal_bytes_per_step"] = self.durable.bytes / self.solved
+        problems = [p for p in (self.failed, self.snapshot_problem) if p]
+        if problems:
+            out["problem"] = problems[0].removeprefix("loomray: ")
         if hist:
             window = hist[-100:]
             span = window[-1][0] - window[0][0]

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from loomray.coupling.journal import fsync_dir
+from loomray.durable import replacing
 
 FORMAT_VERSION = "1"
 _META_PREFIX = "loomray."
@@ -98,12 +98,8 @@ class AssignmentTable:
             [pa.field(name, pa.int64(), nullable=False) for name in columns],
             metadata={f"{_META_PREFIX}{k}".encode(): v.encode() for k, v in meta.items()},
         )
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(pa.table(columns, schema=schema), tmp)
-        with open(tmp, "rb+") as f:  # durable before it replaces the old snapshot
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        with replacing(path, mkdir=False) as tmp:  # durable before it replaces the old one
+            pq.write_table(pa.table(columns, schema=schema), tmp)
         return path
 
     @classmethod

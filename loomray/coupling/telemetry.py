@@ -73,4 +73,11 @@ class ServiceTelemetry:
                 tag_keys=("run",),
             )
         )
+        self.snapshot_failed = tagged(
+            Gauge(
+                "loomray_coupling_snapshot_failed",
+                "1 while the coupling snapshot fails (the journal grows), else 0.",
+                tag_keys=("run",),
+            )
+        )
         self.enabled = True

@@ -10,13 +10,13 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from loomray.config import Config
+from loomray.durable import write_text
 
 
 def training_key(cfg: Config) -> str:
@@ -44,10 +44,7 @@ def _locked(path: Path):
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -36,6 +36,7 @@ from loomray.config import (
 )
 from loomray.coupling.service import CouplingService, ServiceSpec
 from loomray.data import build_dataset
+from loomray.durable import write_text
 from loomray.latents.autoencoder import AutoencoderError
 from loomray.locks import holds_anything, lock_folder
 from loomray.paths import PathError, folder_to_write
@@ -113,7 +114,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True
                 "pass another --run-dir"
             )
         if write:
-            config_path.write_text(dump_config(cfg))
+            write_text(config_path, dump_config(cfg))
         return True
     if resume:
         raise LaunchError(f"nothing to resume: {run_dir} holds no loomray run")
@@ -123,7 +124,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True
         )
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(dump_config(cfg))
+        write_text(config_path, dump_config(cfg))
     return False
 
 
@@ -374,6 +375,8 @@ class _Progress:
                 parts = []
                 if s.get("phase", "training") != "training":
                     parts.append(s["phase"])
+                if s.get("problem"):
+                    parts.append("coupling writes failing: see loomray status")
                 if s.get("steps_per_s"):
                     parts.append(f"{s['steps_per_s']:.1f} it/s")
                 if s.get("loss") is not None:
