@@ -813,12 +813,14 @@ def evaluate_cmd(
 
     from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint, run_dir_of
     from loomray.data import DatasetError
-    from loomray.evaluate import EvaluationError, make_evaluator, write_results
-    from loomray.paths import file_to_read
+    from loomray.evaluate import EvaluationError, make_evaluator, weights_state, write_results
     from loomray.train.launch import LaunchError
 
-    if fid_weights:
-        _path_or_fail(file_to_read, fid_weights, "--fid-weights")
+    if fid_weights:  # refused before anything starts when it is not plain tensors
+        try:
+            weights_state(fid_weights, protocol or "standard")
+        except EvaluationError as err:
+            fail(f"--fid-weights: {err}")
     if workers < 1:
         fail(f"--workers must be at least 1, got {workers}")
     dev = _device_or_fail(device)

@@ -35,6 +35,7 @@ from loomray.coupling import noise_from_seeds
 from loomray.durable import replacing
 from loomray.fid import FeatureSums, extract_features, frechet_distance
 from loomray.sampling import SampleResult, parse_method, sample
+from loomray.tensor_files import plain_copy
 
 WEIGHTS_ENV = "LOOMRAY_FID_WEIGHTS"
 PAPER_WEIGHTS_ENV = "LOOMRAY_PAPER_FID_WEIGHTS"  # torchvision's Inception, for protocol paper
@@ -184,13 +185,22 @@ class Evaluator:
         if self._model is None:
             from torch_fidelity.utils import create_feature_extractor
 
-            kwargs = {"verbose": False}
-            if self.weights:
-                kwargs["feature_extractor_weights_path"] = self.weights
             layer = "128" if self.extractor == DIGITS_EXTRACTOR else "2048"
+            cuda = torch.device(self.device).type == "cuda"  # "cuda:1" too
             try:
-                cuda = torch.device(self.device).type == "cuda"  # "cuda:1" too
-                self._model = create_feature_extractor(self.extractor, [layer], cuda=cuda, **kwargs)
+                if self.weights:  # torch-fidelity unpickles a path fully: give it a plain copy
+                    with plain_copy(weights_state(self.weights, self.protocol)) as plain:
+                        self._model = create_feature_extractor(
+                            self.extractor,
+                            [layer],
+                            cuda=cuda,
+                            verbose=False,
+                            feature_extractor_weights_path=plain,
+                        )
+                else:
+                    self._model = create_feature_extractor(
+                        self.extractor, [layer], cuda=cuda, verbose=False
+                    )
             except (OSError, RuntimeError) as err:
                 if self.extractor == INCEPTION and not self.weights:
                     raise EvaluationError(
@@ -405,13 +415,25 @@ def _weights_file(fid_weights: str | None, protocol: str = "standard") -> str | 
     env = PAPER_WEIGHTS_ENV if protocol == "paper" else WEIGHTS_ENV
     weights = fid_weights or os.environ.get(env) or None
     if weights:
-        from loomray.paths import PathError, file_to_read
-
-        try:
-            file_to_read(weights, "Inception weights file")
-        except PathError as err:
-            raise EvaluationError(str(err)) from err
+        weights_state(weights, protocol)  # refused here, in one sentence, before any use
     return weights
+
+
+def weights_state(weights: str, protocol: str = "standard") -> dict:
+    """The Inception weights file's tensors, read without running any code it holds
+    (loomray.tensor_files); EvaluationError in one sentence when it is refused."""
+    from loomray.tensor_files import TensorFileError, read_tensors
+
+    try:
+        state = read_tensors(weights, "Inception weights file")
+    except TensorFileError as err:
+        raise EvaluationError(str(err)) from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EvaluationError(
+            f"Inception weights file {weights} is not a state dict of tensors "
+            f"({'torchvision' if protocol == 'paper' else 'torch-fidelity'}'s Inception-v3)"
+        )
+    return state
 
 
 def _share_evaluator(

@@ -37,10 +37,10 @@ def read_tensors(path: str | os.PathLike, what: str) -> Any:
         raise TensorFileError(str(err)) from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # what weights_only refuses: it would run code
+    except pickle.UnpicklingError as err:  # what weights_only refuses (code, or no pickle)
         raise TensorFileError(
-            f"{what} {path} is refused: it is not a torch file of tensors and plain values "
-            "(loading it would run code it holds), and loomray never unpickles anything else"
+            f"{what} {path} cannot be read: it is not a torch file of tensors and plain values, "
+            "and loomray never unpickles anything else (that could run code it holds)"
         ) from err
     except Exception as err:  # torch raises many types for a bad file (KeyError(101): text)
         raise TensorFileError(

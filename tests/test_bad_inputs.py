@@ -149,6 +149,8 @@ CASES = [
     ("evaluate --ckpt {tmp}/garbage.pt", "cannot be read"),
     ("sample --ckpt {tmp}/foreign.pt", "is not a loomray checkpoint"),
     ("sample --ckpt {tmp}/evil.pt", "cannot be read"),
+    ("evaluate --ckpt {tmp}/toy.pt --fid-weights {tmp}/evil.pt", "not a torch file of tensors and plain values"),
+    ("evaluate --ckpt {tmp}/toy.pt --fid-weights {tmp}/garbage.pt", "cannot be read: it is not a torch file"),
     ("sample --ckpt {tmp}/noema.pt", "no usable EMA weights"),
     ("sample --ckpt {tmp}/nothing-here", "does not exist"),
     ("evaluate --ckpt {tmp}/empty-run", "no checkpoint found under"),

@@ -84,3 +84,44 @@ def test_a_bad_dashboard_setting_is_one_sentence(tmp_path):
     assert result.exit_code == 2, result.output
     assert "LOOMRAY_DASHBOARD must be 1 or 0" in result.output and "'maybe'" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+class _RunsCode:
+    """A pickle that touches a file when unpickled (what a crafted .pth does)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.path),))
+
+
+@pytest.mark.parametrize("protocol", ["standard", "paper"])
+def test_inception_weights_that_would_run_code_run_nothing(tmp_path, monkeypatch, protocol):
+    """From --fid-weights, LOOMRAY_FID_WEIGHTS / LOOMRAY_PAPER_FID_WEIGHTS (which every
+    worker gets) or an evaluator a worker builds: refused in one sentence, never
+    unpickled, by torch-fidelity neither."""
+    import pickle
+
+    import torch
+
+    from loomray.evaluate import (
+        INCEPTION,
+        PAPER_WEIGHTS_ENV,
+        WEIGHTS_ENV,
+        EvaluationError,
+        Evaluator,
+        _weights_file,
+    )
+
+    evil = tmp_path / "weights.pth"
+    evil.write_bytes(pickle.dumps({"conv.weight": _RunsCode(tmp_path / "pwned")}))
+    monkeypatch.setenv(PAPER_WEIGHTS_ENV if protocol == "paper" else WEIGHTS_ENV, str(evil))
+    with pytest.raises(EvaluationError, match="never unpickles anything else"):
+        _weights_file(None, protocol)
+    evaluator = Evaluator("fid", torch.zeros(0), INCEPTION, str(evil), protocol=protocol)
+    with pytest.raises(EvaluationError, match="never unpickles anything else"):
+        evaluator.share(torch.zeros(1, 3, 8, 8))
+    assert not (tmp_path / "pwned").exists()
