@@ -146,6 +146,29 @@ def latest_step(run_dir: str | os.PathLike) -> int | None:
     return None
 
 
+TABLE_FILE = "table.parquet"  # beside a LOOM run's checkpoint.pt
+
+
+def check_loom_table(cfg: Config, run_dir: str | os.PathLike) -> None:
+    """Refuse to resume a LOOM run whose latest checkpoint lost its table: LOOM would
+    silently start its assignment over. A checkpoint imported from a release has none
+    by nature (it says ``imported_from``), and there LOOM does start afresh."""
+    if cfg.coupling.kind != "loom":
+        return
+    for path in _run_checkpoints(Path(run_dir) / "train"):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError):
+            continue  # a half-copied one is passed over, as Ray Train does
+        if "imported_from" not in ckpt and not (path.parent / TABLE_FILE).is_file():
+            raise CheckpointError(
+                f"checkpoint {path.parent} of a LOOM run has no {TABLE_FILE}: resuming would "
+                "start the noise assignment over; restore the file, or remove that "
+                "checkpoint folder to resume from an earlier one"
+            )
+        return
+
+
 def config_of(ckpt: dict[str, Any]) -> Config:
     try:
         return config_from_dict(ckpt["config"])

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -421,6 +422,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")  # a folder name: no /, no .., no space
+
+
 def validate(cfg: Config) -> Config:
     """Check values that are well-typed but impossible; returns cfg."""
     from loomray.coupling import KINDS
@@ -433,6 +437,11 @@ def validate(cfg: Config) -> Config:
         if not ok:
             raise ConfigError(message)
 
+    need(
+        isinstance(cfg.name, str) and NAME.fullmatch(cfg.name) is not None,
+        "name must be letters, digits, '.', '_' or '-' (it names the default run dir "
+        f"runs/<name>), got {cfg.name!r}",
+    )
     need(d.name in DATASETS, f"data.name must be one of {', '.join(DATASETS)}, got {d.name!r}")
     need(d.toy in TOYS, f"data.toy must be one of {', '.join(TOYS)}, got {d.toy!r}")
     need(d.resolution >= 1, f"data.resolution must be positive, got {d.resolution}")

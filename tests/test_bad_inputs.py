@@ -81,6 +81,14 @@ def _setup(tmp: Path) -> None:
         dump_config(load_config("digits", ["train.lr=0.5"]))
     )
     (tmp / "empty-run").mkdir()
+    # a LOOM run whose latest checkpoint lost its table (an import would say imported_from)
+    digits_cfg = load_config("digits")
+    (tmp / "tableless").mkdir()
+    (tmp / "tableless" / "config.yaml").write_text(dump_config(digits_cfg))
+    save_checkpoint(
+        tmp / "tableless" / "train" / "step-0000001" / "checkpoint.pt",
+        {"format": 1, "config": digits_cfg.to_dict(), "step": 1},
+    )
     spec = {"base": "digits", "space": {"coupling.caches": {"choice": []}}}
     (tmp / "emptychoice.yaml").write_text(yaml.safe_dump(spec))
     spec = {"base": "digits", "space": {"coupling.caches": {"int": [4, 2]}}}
@@ -149,8 +157,10 @@ CASES = [
     ("evaluate --ckpt {tmp}/garbage.pt", "cannot be read"),
     ("sample --ckpt {tmp}/foreign.pt", "is not a loomray checkpoint"),
     ("sample --ckpt {tmp}/evil.pt", "cannot be read"),
-    ("evaluate --ckpt {tmp}/toy.pt --fid-weights {tmp}/evil.pt", "not a torch file of tensors and plain values"),
-    ("evaluate --ckpt {tmp}/toy.pt --fid-weights {tmp}/garbage.pt", "cannot be read: it is not a torch file"),
+    ("evaluate --ckpt {tmp}/toy.pt --fid-weights {tmp}/evil.pt", "not a torch file of tensors"),
+    ("evaluate --ckpt {tmp}/toy.pt --fid-weights {tmp}/garbage.pt", "not a torch file of tensors"),
+    ("train --config digits name=../../x", "name must be letters, digits"),
+    ("train --config digits --run-dir {tmp}/tableless --resume", "has no table.parquet"),
     ("sample --ckpt {tmp}/noema.pt", "no usable EMA weights"),
     ("sample --ckpt {tmp}/nothing-here", "does not exist"),
     ("evaluate --ckpt {tmp}/empty-run", "no checkpoint found under"),

@@ -37,3 +37,19 @@ def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda p, mode: False if mode == os.R_OK else real(p, mode))
     with pytest.raises(PathError, match=r"secret.yaml cannot be read \(permission denied\)"):
         file_to_read(tmp_path / "secret.yaml", "config file")
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_anything(tmp_path, monkeypatch):
+    """Checked before Ray starts (the tests run as root, who may write anywhere, so
+    the permission is what os.access says)."""
+    from pathlib import Path
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real(p, mode))
+    for target in (locked, locked / "runs" / "digits"):
+        with pytest.raises(PathError, match=f"cannot be written: {locked} is not writable"):
+            folder_to_write(target, "run dir")
+    assert folder_to_write(tmp_path / "free", "run dir") == tmp_path / "free"
+    assert list(locked.iterdir()) == []

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from loomray.capacity import Capacity, cluster_capacity, trainings_that_fit
-from loomray.checkpoint import CheckpointError, init_weights, latest_step
+from loomray.checkpoint import CheckpointError, check_loom_table, init_weights, latest_step
 from loomray.config import (
     Config,
     ConfigError,
@@ -442,6 +442,11 @@ def launch(
     dataset = build_dataset(cfg)  # fail on missing data before starting anything
     prepare_run_dir(cfg, run_dir, resume, write=False)  # and on a wrong run dir
     try:
+        folder_to_write(run_dir, "run dir")  # or one that cannot be written
+    except PathError as err:
+        raise LaunchError(str(err)) from None
+    try:
+        check_loom_table(cfg, run_dir)  # or a LOOM checkpoint that lost its table
         init_weights(cfg)  # and on weights to start from that do not fit
         if cfg.data.name == "latents":  # and on an autoencoder that cannot decode samples
             from loomray.latents.decode import output_decoder

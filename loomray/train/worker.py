@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loomray.checkpoint import init_weights, save_checkpoint
+from loomray.checkpoint import TABLE_FILE, init_weights, save_checkpoint
 from loomray.config import Config, config_from_dict
 from loomray.coupling import AssignmentTable, noise_from_seeds
 from loomray.coupling.client import ServiceNoise, call_service
@@ -34,7 +34,6 @@ from loomray.train.evaluation import TrainingEvaluation
 from loomray.train.loop import StepLog, TrainState, build_state, mean_loss, train_steps
 
 CHECKPOINT_FILE = "checkpoint.pt"
-TABLE_FILE = "table.parquet"
 SAMPLE_SEED_OFFSET = 10**12  # sampling noise never collides with training seeds
 
 
@@ -43,13 +42,20 @@ def checkpoint_dir_name(step: int) -> str:
     return f"step-{step:07d}"
 
 
-def _restore(state: TrainState, checkpoint) -> AssignmentTable | None:
+def _restore(state: TrainState, checkpoint, kind: str) -> AssignmentTable | None:
     with checkpoint.as_directory() as folder:
         folder = Path(folder)
         payload = torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         state.load(payload)
         table_path = folder / TABLE_FILE
-        return AssignmentTable.load(table_path) if table_path.is_file() else None
+        if table_path.is_file():
+            return AssignmentTable.load(table_path)
+        if kind == "loom" and "imported_from" not in payload:
+            raise RuntimeError(
+                f"loomray: checkpoint {folder} of a LOOM run has no {TABLE_FILE}; resuming "
+                "would start the noise assignment over"
+            )
+        return None
 
 
 def write_samples(cfg: Config, model: torch.nn.Module, device, folder: Path, step: int) -> list:
@@ -108,7 +114,7 @@ def train_worker(config: dict[str, Any]) -> None:
     plan = BatchPlan(len(dataset), cfg.train.batch, cfg.train.seed)
     state = build_state(cfg, device)
     checkpoint = ray.train.get_checkpoint()
-    table = _restore(state, checkpoint) if checkpoint is not None else None
+    table = _restore(state, checkpoint, cfg.coupling.kind) if checkpoint is not None else None
     if checkpoint is None and cfg.train.init:
         state.start_from(init_weights(cfg))  # a fine-tune (reflow) starts from these
     if rank == 0:
