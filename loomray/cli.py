@@ -1081,6 +1081,7 @@ def bench_quality_cmd(
     folder = _path_or_fail(folder_to_write, out, "--out")
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
+    keep_results(folder, "quality.json")
     with locked_or_fail(folder, "output folder"):
         try:
             runs, global_pair, metric = run_quality(
@@ -1090,6 +1091,16 @@ def bench_quality_cmd(
             fail(str(err))
         _quality_table(cfg, seeds, runs, metric, global_pair)
         _write_quality(folder, cfg, seeds, runs, metric, global_pair)
+
+
+def keep_results(folder: Path, name: str) -> None:
+    """Refuse an --out folder that holds an earlier benchmark's results: they took
+    hours, and are kept."""
+    if (folder / name).exists():
+        fail(
+            f"--out {folder} already holds {name} from an earlier run; pass another --out "
+            "(or move that folder away) to keep both"
+        )
 
 
 def _quality_table(cfg, seeds: int, runs, metric: str, global_pair: float) -> None:

@@ -23,6 +23,7 @@ from loomray.cli import (
     console,
     fail,
     gpus_or_fail,
+    keep_results,
     locked_or_fail,
     plural,
     scaling,
@@ -308,6 +309,7 @@ def bench_reflow_cmd(
     if min(seeds, pairs, steps) < 1:
         fail(f"--seeds, --pairs and --steps must be at least 1, got {seeds}, {pairs}, {steps}")
     count = n or cfg.eval.n
+    keep_results(folder, "reflow.json")
     with locked_or_fail(folder, "output folder"):
         try:
             runs = run_reflow_study(

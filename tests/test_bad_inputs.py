@@ -81,6 +81,9 @@ def _setup(tmp: Path) -> None:
         dump_config(load_config("digits", ["train.lr=0.5"]))
     )
     (tmp / "empty-run").mkdir()
+    (tmp / "benched").mkdir()  # the results of earlier benchmarks
+    (tmp / "benched" / "quality.json").write_text("{}")
+    (tmp / "benched" / "reflow.json").write_text("{}")
     # a LOOM run whose latest checkpoint lost its table (an import would say imported_from)
     digits_cfg = load_config("digits")
     (tmp / "tableless").mkdir()
@@ -208,6 +211,8 @@ CASES = [
     ("bench loop --config toy2d --device tpu", "--device must be cpu or cuda"),
     ("bench loop --config toy2d --profile {tmp}/afile", "--profile {tmp}/afile is a file"),
     ("bench quality --config toy2d --out {tmp}/afile", "--out {tmp}/afile is a file, not a folder"),
+    ("bench quality --config toy2d --out {tmp}/benched", "already holds quality.json"),
+    ("bench reflow --config toy2d --out {tmp}/benched", "already holds reflow.json"),
     ("table {tmp}/afile", "is not a readable Parquet file"),
     # a cluster nothing answers at: one sentence in seconds, not minutes of retries
     ("train --config digits --address 127.0.0.1:1", "cannot reach the Ray cluster at 127.0.0.1:1"),

@@ -102,7 +102,7 @@ def _run(
         mode,
         device.type == "cuda" and cfg.train.bf16,
         steps / seconds,
-        1e3 * float(np.mean([log.wait for log in history.logs])),
+        1e3 * float(np.mean(history.waits)),
         float(np.mean(history.losses[-10:])),
         profiled,
     )

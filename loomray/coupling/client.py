@@ -68,21 +68,37 @@ class ServiceNoise:
 
     def receive(self, step: int) -> np.ndarray:
         import ray
+        from ray.exceptions import GetTimeoutError
 
-        for attempt in range(RETRIES):
+        attempt = 0
+        while attempt < RETRIES:
             ref = self.inflight[step][0]
             try:
-                # The service raises its own TimeoutError first; this bound is a backstop.
+                # The service raises its own TimeoutError (later while a rank is busy);
+                # this bound is a backstop that asks whether the service still answers.
                 z = ray.get(ref, timeout=self.timeout_s + 60)
+            except GetTimeoutError:
+                if self._answers():
+                    continue
+                raise
             except _service_gone():
                 if attempt == RETRIES - 1:
                     raise
                 _backoff(attempt)
+                attempt += 1
                 self._resubmit()
                 continue
             del self.inflight[step]
             return z
         raise AssertionError("unreachable")
+
+    def _answers(self) -> bool:
+        import ray
+
+        try:
+            return bool(ray.get(self.service.ping.remote(), timeout=60))
+        except Exception:  # gone, or not answering either
+            return False
 
     def _resubmit(self) -> None:
         """The actor restarted: send every unanswered request again, in step order."""

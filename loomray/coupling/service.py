@@ -177,6 +177,7 @@ class CouplingService:
         self.restored_at: int | None = None
         self.solved_since_restore = 0
         self.submits: dict[int, int] = {}  # batches received per rank
+        self.busy_until: dict[int, float] = {}  # see busy()
         self.nodes: dict[int, str] = {}  # the Ray node of each rank
         self.telemetry = ServiceTelemetry(spec.run)
 
@@ -226,14 +227,7 @@ class CouplingService:
         entry.waiters[rank] += 1
         self._kick()
         try:
-            await asyncio.wait_for(entry.event.wait(), timeout=self.spec.timeout_s)
-        except asyncio.TimeoutError:
-            missing = self._missing(step)
-            raise TimeoutError(
-                f"coupling service: step {step} still lacks rank(s) "
-                f"{', '.join(map(str, missing)) or '?'} after {self.spec.timeout_s:g} s; "
-                "a training worker is stuck or dead"
-            ) from None
+            await self._wait_for_ranks(step, entry)
         finally:
             entry.waiters[rank] -= 1
         if entry.error is not None:
@@ -244,6 +238,32 @@ class CouplingService:
             if not entry.results and self.steps.get(step) is entry:
                 del self.steps[step]
         return z
+
+    async def _wait_for_ranks(self, step: int, entry: _Step) -> None:
+        """Until ``step`` is solved: ``timeout_s`` after the last rank that is not busy
+        (``busy``) has had its chance, then TimeoutError naming the missing ranks."""
+        deadline = time.monotonic() + self.spec.timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(entry.event.wait(), timeout=max(left, 0.001))
+                return
+            except asyncio.TimeoutError:
+                missing = self._missing(step)
+                busy = max((self.busy_until.get(r, 0.0) for r in missing), default=0.0)
+                if busy > time.monotonic():
+                    deadline = busy + self.spec.timeout_s
+                    continue
+                raise TimeoutError(
+                    f"coupling service: step {step} still lacks rank(s) "
+                    f"{', '.join(map(str, missing)) or '?'} after {self.spec.timeout_s:g} s; "
+                    "a training worker is stuck or dead"
+                ) from None
+
+    def busy(self, rank: int, seconds: float) -> None:
+        """``rank`` works outside the steps for up to ``seconds`` (rank 0 writing sample
+        images); steps that wait for it wait that much longer. 0: done."""
+        self.busy_until[rank] = time.monotonic() + seconds if seconds > 0 else 0.0
 
     def _check_state(self) -> None:
         if self.restoring_to is not None:

@@ -282,8 +282,35 @@ def start_service(cfg: Config, rows: int, run_dir: Path):
             f"run dir {run_dir} is in use: another loomray driver started its coupling "
             "service just now; wait for that run to end, or pass another --run-dir"
         ) from err
-    ray.get(handle.ping.remote())
+    wait_for_service(handle, cfg.coupling.service_cpus)
     return handle
+
+
+SERVICE_PLACED_S = 600.0  # an autoscaler may need minutes to add a node
+
+
+def wait_for_service(handle, cpus: float, limit_s: float = SERVICE_PLACED_S) -> None:
+    """Wait for the service actor to start, saying so every minute; LaunchError when
+    it cannot be placed in ``limit_s`` (its CPUs are taken, or no node has them)."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    ping, started = handle.ping.remote(), time.time()
+    while True:
+        try:
+            ray.get(ping, timeout=min(60.0, max(0.1, limit_s - (time.time() - started))))
+            return
+        except GetTimeoutError:
+            waited = time.time() - started
+            if waited >= limit_s:
+                ray.kill(handle)
+                raise LaunchError(
+                    f"the coupling service (coupling.service_cpus {cpus:g} CPU) could not "
+                    f"be placed in {waited:.0f} s: the cluster's CPUs are taken by other "
+                    "runs, or no node has them free; wait for them, or lower "
+                    "coupling.service_cpus"
+                ) from None
+            print(f"waiting {waited:.0f} s for the coupling service to be placed", flush=True)
 
 
 def preflight(cfg: Config, run_dir: Path, require_evaluation: bool) -> None:

@@ -155,14 +155,36 @@ class StepLog:
 
 @dataclass
 class History:
-    logs: list[StepLog] = field(default_factory=list)
+    """Every step's loss and noise wait, kept compactly (a few bytes a step, so a
+    391k-step run holds megabytes, not the step logs): the losses stay on the device
+    until ``CHUNK`` steps have gathered, then are read in one go."""
+
+    CHUNK = 1000
+    _pending: list[torch.Tensor] = field(default_factory=list)
+    _losses: list[np.ndarray] = field(default_factory=list)
+    _waits: list[float] = field(default_factory=list)
+
+    def add(self, log: StepLog) -> None:
+        self._pending.append(log.loss.detach())
+        self._waits.append(log.wait)
+        if len(self._pending) >= self.CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._losses.append(torch.stack(self._pending).float().cpu().numpy())
+            self._pending = []
 
     @property
     def losses(self) -> list[float]:
-        """Every step's loss, read from the device in one go."""
-        if not self.logs:
-            return []
-        return torch.stack([log.loss.float() for log in self.logs]).cpu().tolist()
+        """Every step's loss."""
+        self._flush()
+        return np.concatenate(self._losses).tolist() if self._losses else []
+
+    @property
+    def waits(self) -> list[float]:
+        """Every step's seconds blocked on the noise source."""
+        return list(self._waits)
 
 
 def mean_loss(logs: list[StepLog]) -> float:
@@ -266,7 +288,7 @@ def train_steps(
         if on_step is not None:
             on_step(log)  # the caller keeps what it needs (a run of 391k steps is long)
         else:
-            history.logs.append(log)
+            history.add(log)
     return history
 
 

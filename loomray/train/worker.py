@@ -37,6 +37,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 SAMPLE_SEED_OFFSET = 10**12  # sampling noise never collides with training seeds
 
 
+SAMPLES_BUSY_S = 3600.0  # the longest rank 0 may write sample images while others wait
+
+
 def checkpoint_dir_name(step: int) -> str:
     """``train/step-0001000/``: checkpoints are found by the step they hold."""
     return f"step-{step:07d}"
@@ -197,7 +200,10 @@ def train_worker(config: dict[str, Any]) -> None:
             del window[:]
             paused = True
         if rank == 0 and cfg.train.sample_every and log.step % cfg.train.sample_every == 0:
+            # the other ranks' next steps wait for rank 0 at the service meanwhile
+            service.busy.remote(0, SAMPLES_BUSY_S)
             write_samples(cfg, state.ema.model, device, run_dir / "samples", log.step)
+            service.busy.remote(0, 0)
             paused = True
         if paused:
             clock.update(start=time.perf_counter(), steps=0, wait=0.0)

@@ -100,3 +100,23 @@ def test_overlapping_restores_keep_the_fence_up_until_the_last(monkeypatch):
 
     asyncio.run(main())
     assert calls == [0, 0]
+
+
+def test_steps_wait_longer_for_a_rank_that_said_it_is_busy():
+    """Rank 0 writing sample images past coupling.timeout_s does not time out the other
+    ranks' steps, as long as it said so; without a word they time out."""
+    from test_service import spec
+
+    async def late_rank_0(service, declare):
+        if declare:
+            service.busy(0, 30)
+        waiting = asyncio.create_task(service.submit(0, 1, *part(0, 1)))
+        await asyncio.sleep(1.5)  # longer than timeout_s
+        service.busy(0, 0)
+        await service.submit(0, 0, *part(0, 0))
+        return await waiting
+
+    got = asyncio.run(late_rank_0(CouplingService(spec(timeout_s=0.5)), True))
+    assert got.shape == part(0, 1)[1].shape
+    with pytest.raises(TimeoutError, match=r"step 0 still lacks rank\(s\) 0"):
+        asyncio.run(late_rank_0(CouplingService(spec(timeout_s=0.5)), False))

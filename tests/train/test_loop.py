@@ -56,3 +56,14 @@ def test_compiled_and_graph_steps_train_as_eager_does(flag):
     pairs = zip(eager.state.model.parameters(), other.state.model.parameters(), strict=True)
     for a, b in pairs:
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_the_history_keeps_a_few_bytes_a_step_not_the_step_logs():
+    from loomray.train.loop import History, StepLog
+
+    history = History()
+    for i in range(2500):
+        history.add(StepLog(i, torch.tensor(float(i)), 1e-3, 0.5))
+    assert len(history._pending) == 500  # read from the device in chunks of 1000
+    assert sum(a.nbytes for a in history._losses) == 2000 * 4
+    assert history.losses == [float(i) for i in range(2500)] and history.waits == [0.5] * 2500

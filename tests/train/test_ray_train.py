@@ -223,3 +223,17 @@ def test_bad_requests_end_in_one_sentence_and_touch_nothing(run_a, tmp_path):
 
     out = runner.invoke(app, ["train", "--config", "digits", "train.workers=3"])
     assert out.exit_code == 2 and "not divisible by train.workers 3" in out.output
+
+
+def test_a_service_that_cannot_be_placed_ends_in_one_sentence(ray_session):
+    import ray
+
+    from loomray.train.launch import LaunchError, wait_for_service
+
+    @ray.remote(num_cpus=64)
+    class Unplaceable:
+        def ping(self):
+            return True
+
+    with pytest.raises(LaunchError, match=r"\(coupling.service_cpus 64 CPU\) could not be placed"):
+        wait_for_service(Unplaceable.remote(), 64, limit_s=2)
