@@ -286,7 +286,11 @@ def sample_cmd(
         "midpoint-2", help="Sampler: euler-N, midpoint-N, heun-N, rk4-N (N steps) or dopri5."
     ),
     n: int = typer.Option(64, help="Number of samples."),
-    out: str = typer.Option("samples.png", help="PNG to write (grid, or scatter for toy2d)."),
+    out: str = typer.Option(
+        "samples.png",
+        help="A .png (grid, or scatter for toy2d; up to 4096 samples) or a .npz (the "
+        "samples as an array, any number).",
+    ),
     seed: int = typer.Option(0, help="Noise seed."),
     scale: int = typer.Option(
         None, help="Upscale each image N times in the grid (default: to at least 32 pixels)."
@@ -298,7 +302,7 @@ def sample_cmd(
     from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint
     from loomray.coupling import noise_from_seeds
     from loomray.data import DatasetError
-    from loomray.images import save_samples
+    from loomray.images import GRID_MOST, save_sample_array, save_samples
     from loomray.latents.autoencoder import AutoencoderError
     from loomray.latents.decode import to_images
     from loomray.paths import file_to_write
@@ -309,6 +313,17 @@ def sample_cmd(
     if scale is not None and not 1 <= scale <= 64:
         fail(f"--scale must be in 1..64, got {scale}")
     out = _path_or_fail(file_to_write, out, "--out")
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".npz"):
+        fail(
+            f"--out {out} must end in .png (an image of the samples) or .npz (the samples "
+            f"as an array), not {suffix or 'without an extension'}"
+        )
+    if suffix == ".png" and n > GRID_MOST:
+        fail(
+            f"--n {n} samples make too large an image (at most {GRID_MOST} in a .png); "
+            f"--out {out.with_suffix('.npz')} writes them as an array"
+        )
     try:
         parse_method(method)
         cfg, model = ema_model_of(load_checkpoint(ckpt))
@@ -323,7 +338,10 @@ def sample_cmd(
         images = to_images(cfg, result.x)  # a latent model's samples, decoded
     except (AutoencoderError, DatasetError) as err:
         fail(str(err))
-    path = save_samples(images, out, title=title, scale=scale)
+    if suffix == ".npz":
+        path = save_sample_array(images, out, seed)
+    else:
+        path = save_samples(images, out, title=title, scale=scale)
     console.print(f"wrote {n} samples ({result.method}, {result.nfe} NFE) to {path}", markup=False)
 
 
@@ -813,7 +831,13 @@ def evaluate_cmd(
 
     from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint, run_dir_of
     from loomray.data import DatasetError
-    from loomray.evaluate import EvaluationError, make_evaluator, weights_state, write_results
+    from loomray.evaluate import (
+        EvaluationError,
+        make_evaluator,
+        read_results,
+        weights_state,
+        write_results,
+    )
     from loomray.train.launch import LaunchError
 
     if fid_weights:  # refused before anything starts when it is not plain tensors
@@ -850,7 +874,8 @@ def evaluate_cmd(
             fail(str(err))
         stem = f"evaluate-step{step:07d}-{evaluator.split}"
         stem += "-paper" if evaluator.protocol == "paper" else ""
-        pq_path, json_path = write_results(rows, folder, stem)
+        earlier = len(read_results(folder / f"{stem}.json"))
+        pq_path, json_path = write_results(rows, folder, stem, keep=True)
     title = f"{cfg.name} step {step}: {evaluator.note}, n={count}, ref={evaluator.split}"
     table = Table(title=title)
     for col in ("sampler", "NFE", rows[0].metric, "seconds"):
@@ -858,7 +883,9 @@ def evaluate_cmd(
     for r in rows:
         table.add_row(r.method, f"{r.nfe:g}", f"{r.value:.4f}", f"{r.seconds:.1f}")
     console.print(table)
-    console.print(f"wrote {pq_path} and {json_path}", markup=False)
+    kept = len(read_results(json_path)) - len(rows)
+    also = f" (beside {plural(kept, 'earlier row')})" if kept and earlier else ""
+    console.print(f"wrote {pq_path} and {json_path}{also}", markup=False)
 
 
 def _evaluate_here(model, cfg, names, count, evaluator, dev):

@@ -32,7 +32,7 @@ from torch import nn
 
 from loomray.config import Config
 from loomray.coupling import noise_from_seeds
-from loomray.durable import replacing
+from loomray.durable import replacing, write_text
 from loomray.fid import FeatureSums, extract_features, frechet_distance
 from loomray.sampling import SampleResult, parse_method, sample
 from loomray.tensor_files import plain_copy
@@ -576,16 +576,36 @@ def evaluate_model(
     return combine_shares(evaluator, methods, n, [parts])
 
 
-def write_results(rows: list[EvalRow], folder: Path, stem: str) -> tuple[Path, Path]:
-    """The table as Parquet and JSON, side by side."""
+def write_results(
+    rows: list[EvalRow], folder: Path, stem: str, keep: bool = False
+) -> tuple[Path, Path]:
+    """The table as Parquet and JSON, side by side. ``keep``: the file's earlier rows
+    stay, except those of the same sampler, sample count and protocol (a figure that
+    is measured again, with the same seeds); a quick ``--n 2`` never replaces a
+    careful n=50000."""
     import json
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder.mkdir(parents=True, exist_ok=True)
-    records = [asdict(r) for r in rows]
     pq_path, json_path = folder / f"{stem}.parquet", folder / f"{stem}.json"
-    pq.write_table(pa.Table.from_pylist(records), pq_path)
-    json_path.write_text(json.dumps(records, indent=2))
+    records = [asdict(r) for r in rows]
+    if keep:
+        key = lambda r: (r["method"], r["n"], r.get("protocol", "standard"))  # noqa: E731
+        new = {key(r) for r in records}
+        records = [r for r in read_results(json_path) if key(r) not in new] + records
+    with replacing(pq_path) as tmp:
+        pq.write_table(pa.Table.from_pylist(records), tmp)
+    write_text(json_path, json.dumps(records, indent=2))
     return pq_path, json_path
+
+
+def read_results(json_path: Path) -> list[dict]:
+    """The rows of an earlier table (none when there is none or it is unreadable)."""
+    import json
+
+    try:
+        rows = json.loads(json_path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in rows if isinstance(r, dict) and "method" in r and "n" in r]

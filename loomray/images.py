@@ -15,6 +15,22 @@ def grid_scale(resolution: int) -> int:
     return max(1, math.ceil(MIN_PIXELS / resolution))
 
 
+GRID_MOST = 4096  # samples in one PNG grid (64 x 64 images: 2048 px wide at 32 px)
+
+
+def save_sample_array(x: torch.Tensor, path: str | Path, seed: int) -> Path:
+    """Samples as ``samples`` (float32, [-1, 1], as the model drew them) in a .npz,
+    beside the ``seed`` they were drawn with."""
+    import numpy as np
+
+    from loomray.durable import replacing
+
+    path = Path(path)
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, samples=x.detach().float().cpu().numpy(), seed=np.int64(seed))
+    return path
+
+
 def save_samples(
     x: torch.Tensor, path: str | Path, title: str = "", scale: int | None = None
 ) -> Path:

@@ -26,3 +26,23 @@ def test_bench_coupling_bad_input_is_one_sentence():
     assert result.exit_code == 2
     assert "cannot exceed" in result.output
     assert "Traceback" not in result.output
+
+
+def test_sample_writes_any_number_of_samples_as_an_array(tmp_path):
+    import numpy as np
+
+    from loomray.checkpoint import save_checkpoint
+    from loomray.config import load_config
+    from loomray.models import build_model
+
+    cfg = load_config("toy2d", ["train.steps=1"])
+    ema = build_model(cfg).state_dict()
+    ckpt = save_checkpoint(
+        tmp_path / "toy.pt", {"format": 1, "config": cfg.to_dict(), "step": 0, "ema": ema}
+    )
+    out = tmp_path / "many.npz"
+    args = ["sample", "--ckpt", str(ckpt), "--n", "5000", "--method", "euler-1"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with np.load(out) as z:
+        assert z["samples"].shape == (5000, 2) and int(z["seed"]) == 0

@@ -100,6 +100,14 @@ def test_evaluate_cli_on_a_digits_checkpoint(tmp_path):
     assert [r["nfe"] for r in records][:2] == [1, 4] and records[2]["nfe"] > 4
     assert all(r["metric"] == "fid" and r["value"] > 0 for r in records)
     assert (out / "evaluate-step0000030-train.parquet").is_file()
+    # a quick look with fewer samples and another sampler keeps the careful table
+    quick = CliRunner().invoke(
+        app, ["evaluate", "--ckpt", str(ckpt), "--methods", "euler-1,euler-2", "--n", "2"]
+    )
+    assert quick.exit_code == 0 and "beside 3 earlier rows" in " ".join(quick.output.split())
+    after = json.loads((out / "evaluate-step0000030-train.json").read_text())
+    assert after[:3] == records
+    assert [(r["method"], r["n"]) for r in after[3:]] == [("euler-1", 2), ("euler-2", 2)]
     for args, message in [
         (["--methods", "midpoint-0"], "unknown sampler"),
         (["--ref", "val"], "--ref must be train or test"),

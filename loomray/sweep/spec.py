@@ -56,6 +56,8 @@ RESOURCES = {
 DEFAULT_STORAGE = "runs/sweeps"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
+SWEEP_KEEPS = 2  # checkpoints each of a sweep's trainings keeps, unless overridden
+
 
 class SweepError(ValueError):
     """A sweep spec or request is wrong; the message says how to fix it."""
@@ -212,7 +214,8 @@ class SweepSpec:
     def trial_config(self, params: dict[str, Any]) -> tuple[Config, str]:
         """The full config a trial trains (evaluated at its sampler) and that sampler."""
         method = self.method_of(params)
-        values = dict(self.overrides)
+        # a sweep trains many models: each keeps its last 2 checkpoints unless told
+        values = {"train.keep_checkpoints": SWEEP_KEEPS, **self.overrides}
         values.update({RESOURCES[k]: v for k, v in self.resources.items()})
         values.update({k: v for k, v in params.items() if k not in SAMPLER_KEYS})
         values["eval.methods"] = [method]

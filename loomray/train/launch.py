@@ -539,7 +539,7 @@ def _train(
             name="train",
             storage_path=str(run_dir.resolve()),
             failure_config=FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints or None),
             callbacks=callbacks or [],
         ),
     )

@@ -75,7 +75,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(run_a, tmp_path):
     half = load_config("digits", [*BASE, f"train.steps={STEPS // 2}"])
     first = launch(half, tmp_path / "b", progress=False)
     assert first.step == STEPS // 2 and not first.resumed
-    rest = load_config("digits", [*BASE, f"train.steps={STEPS}"])
+    # a resume may change what cannot change the result: logging, checkpoints kept
+    changed = [*BASE, "train.log_every=15", "train.keep_checkpoints=1"]
+    rest = load_config("digits", [*changed, f"train.steps={STEPS}"])
     second = launch(rest, tmp_path / "b", progress=False)
     assert second.resumed and second.step == STEPS
     got, got_table = load_run(second)
@@ -167,6 +169,9 @@ def test_killed_service_and_workers_change_nothing(fault_reference, tmp_path, pl
     for part in ("model", "ema"):
         for k, v in want[part].items():
             assert torch.equal(got[part][k], v), f"{part}.{k} differs after the faults"
+    # every checkpoint is kept (train.keep_checkpoints 0), for FID over training
+    kept = sorted(p.name for p in (tmp_path / "faults" / "train").glob("step-*"))
+    assert kept == [f"step-{s:07d}" for s in range(20, FAULT_STEPS + 1, 20)]
     # `loomray status` names the run by its run dir
     assert f"run {tmp_path / 'faults'}" in status_output[0]
     assert "loom, 2 workers" in status_output[0]
