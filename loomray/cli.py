@@ -178,9 +178,14 @@ def _device_or_fail(device: str | None) -> str:
             and (parsed.index or 0) < torch.cuda.device_count()
         )
     )
-    if not usable:
-        fail(f"--device must be cpu or cuda (with a GPU), got {dev}")
-    return dev
+    if usable:
+        return dev
+    if parsed is not None and parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            fail(f"--device {dev}: no CUDA device is visible here; pass --device cpu")
+        fail(f"--device {dev}: this machine has {plural(count, 'CUDA device')} (cuda:0..)")
+    fail(f"--device must be cpu or cuda (cuda:N), got {dev}")
 
 
 def _device_name(dev: str) -> str:
@@ -852,7 +857,10 @@ def evaluate_cmd(
     try:
         payload = load_checkpoint(ckpt)
         cfg, model = ema_model_of(payload)
-        names = [m.strip() for m in methods.split(",")] if methods else list(cfg.eval.methods)
+        names = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else []
+        if methods is not None and not names:
+            raise EvaluationError("--methods names no sampler (e.g. --methods euler-1,dopri5)")
+        names = names or list(cfg.eval.methods)
         count = n if n is not None else cfg.eval.n
         if count < 2:
             raise EvaluationError(f"--n must be at least 2, got {count}")

@@ -33,9 +33,9 @@ def _images_config(data: str, images: str, resolution: int, channels: int, flip:
         fail(str(err))
 
 
-def one_size(root: Path) -> None:
-    """Refuse an image folder whose images are not all of one size (read from the
-    headers): loomray would crop and resize them silently."""
+def one_size(root: Path) -> tuple[int, int] | None:
+    """The size of an image folder's images (read from the headers); refuse a folder
+    whose images are not all of one size: loomray would crop and resize them silently."""
     from PIL import Image
 
     from loomray.data import IMAGE_SUFFIXES, DatasetError
@@ -55,6 +55,7 @@ def one_size(root: Path) -> None:
                 f"{first[1][0]}x{first[1][1]}, {path.name} {size[0]}x{size[1]}); bring them "
                 "to one size first"
             )
+    return first[1] if first else None
 
 
 @app.command("encode")
@@ -71,6 +72,9 @@ def encode_cmd(
     channels: int = typer.Option(3, help="Image channels."),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Also encode mirrored images."),
     limit: int = typer.Option(None, help="Encode only the first N images."),
+    upsample: bool = typer.Option(
+        False, "--upsample", help="Allow images smaller than --resolution (scaled up)."
+    ),
     batch: int = typer.Option(32, help="Images per autoencoder call."),
     shard_size: int = typer.Option(None, help="Rows per shard (default ~2048, whole batches)."),
     workers: int = typer.Option(1, help="Ray workers that share the shards (0: in this process)."),
@@ -91,7 +95,13 @@ def encode_cmd(
     folder = Path(out).expanduser()
     try:
         if data == "folder" and Path(images).expanduser().is_dir():
-            one_size(Path(images).expanduser())
+            size = one_size(Path(images).expanduser())
+            if size and min(size) < resolution and not upsample:
+                raise DatasetError(
+                    f"the images in {images} are {size[0]}x{size[1]}, smaller than "
+                    f"--resolution {resolution}: encoding would scale them up; pass "
+                    f"--resolution {min(size)}, or --upsample to scale them up"
+                )
         vae = load_autoencoder(autoencoder)
         local = Path(autoencoder).expanduser()
         spec = str(local.resolve()) if local.exists() else autoencoder  # else a hub id
@@ -110,6 +120,7 @@ def encode_cmd(
     again += ["--flip" if flip else "--no-flip", "--batch", str(manifest.batch)]
     again += ["--shard-size", str(manifest.shard_size), "--workers", str(workers)]
     again += [*(["--limit", str(limit)] if limit else []), *(["--gpus"] if gpus else [])]
+    again += ["--upsample"] if upsample else []
     again += [*(["--address", address] if address else [])]
     with locked_or_fail(folder, "latents folder"):
         _encode(vae, cfg, folder, shards, manifest, workers, gpus, again)

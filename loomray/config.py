@@ -400,6 +400,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 for i in items
             )
     name = getattr(hint, "__name__", str(hint))
+    if value is None:
+        raise ConfigError(f"{key} needs a value ({key}=<{name}>), got none")
     raise ConfigError(f"{key} must be {name}, got {value!r}")
 
 

@@ -220,10 +220,11 @@ def test_encode_bad_input_is_one_sentence(files, tmp_path):
         (["--autoencoder", str(tmp_path / "nope")], "does not exist"),
         (["--autoencoder", str(files / "images")], "has no config.json"),
         (["--autoencoder", str(files / "other-vae")], "other latents (autoencoder_fingerprint"),
-        (["--resolution", "32"], "holds other latents"),
+        (["--resolution", "8"], "holds other latents"),
         (["--batch", "0"], "--batch must be at least 1, got 0"),
         (["--channels", "1"], "cannot encode 1x16x16 images"),
         (["--images", str(tmp_path / "mixed")], "holds images of different sizes"),
+        (["--resolution", str(4 * SIDE)], f"are {SIDE}x{SIDE}, smaller than --resolution"),
     ]
     before = json.loads((files / "latents" / "latents.json").read_text())
     for extra, message in cases:
@@ -260,3 +261,20 @@ def test_a_single_ldm_file_loads_as_the_same_autoencoder(tiny_vae, tmp_path):
         for name in ("vae.safetensors", "vae.ckpt"):
             got = load_autoencoder(str(tmp_path / name)).encode(x).latent_dist.mean
             assert torch.allclose(got, want, atol=1e-6), name
+
+
+def test_a_missing_local_looking_autoencoder_fails_without_asking_the_hub(tmp_path, monkeypatch):
+    """models/sd-vae-ft-mse looks like a hub id; with a models/ folder here it is a
+    local path that is missing, said at once (offline, the hub costs ~30 s of retries)."""
+    from diffusers import AutoencoderKL
+
+    from loomray.latents.autoencoder import AutoencoderError, load_autoencoder
+
+    def hub(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", hub)
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AutoencoderError, match="autoencoder models/sd-vae-ft-mse does not exist"):
+        load_autoencoder("models/sd-vae-ft-mse")

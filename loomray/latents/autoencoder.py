@@ -107,7 +107,8 @@ def load_autoencoder(spec: str):
             ).eval()
         if path.is_file():
             return from_ldm(_read_state(path))
-        if not HUB_ID.match(spec):
+        if not HUB_ID.match(spec) or path.parent.is_dir():
+            # owner/name, but its folder "owner" is here: a local path that is missing
             raise AutoencoderError(f"autoencoder {spec} does not exist")
         return AutoencoderKL.from_pretrained(spec).eval()  # a hub id: needs internet
     except AutoencoderError:
@@ -115,6 +116,7 @@ def load_autoencoder(spec: str):
     except Exception as err:  # diffusers and the hub raise many types
         raise AutoencoderError(
             f"autoencoder {spec} cannot be loaded ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); pass a folder written by "
-            "save_pretrained, an LDM .ckpt/.safetensors file, or a hub id with internet"
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); there is no folder "
+            f"{spec} here either: pass a folder written by save_pretrained, an LDM "
+            ".ckpt/.safetensors file, or a hub id with internet"
         ) from err

@@ -58,7 +58,7 @@ def plan_pairs(
         method = parse_method(sampler).name
     except ValueError as err:
         raise PairsError(f"--sampler: {err}") from err
-    for name, value in (("--pairs", n), ("--batch", batch), ("--shard-size", shard_size)):
+    for name, value in (("--n/--pairs", n), ("--batch", batch), ("--shard-size", shard_size)):
         if value is not None and value < 1:
             raise PairsError(f"{name} must be at least 1, got {value}")
     if seed < 0:
