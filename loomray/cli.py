@@ -12,13 +12,36 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+HELP_FLAGS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     help="LOOM-CFM flow matching on Ray: train, sweep, evaluate, benchmark.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings=HELP_FLAGS,
 )
-bench_app = typer.Typer(help="Measure speed: figures go to docs/results.md.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Measure speed and quality; each prints a table (and writes its files to --out).",
+    no_args_is_help=True,
+    context_settings=HELP_FLAGS,
+)
 app.add_typer(bench_app, name="bench")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from loomray import __version__
+
+        typer.echo(f"loomray {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """LOOM-CFM flow matching on Ray: train, sweep, evaluate, benchmark."""
 
 # soft_wrap: long lines (paths) are never broken mid-word when output is not a terminal
 console = Console(soft_wrap=True)
@@ -227,7 +250,9 @@ def presets_cmd() -> None:
     console.print(table)
 
 
-config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Inspect configurations.", no_args_is_help=True, context_settings=HELP_FLAGS
+)
 app.add_typer(config_app, name="config")
 
 

@@ -46,3 +46,12 @@ def test_sample_writes_any_number_of_samples_as_an_array(tmp_path):
     assert result.exit_code == 0, result.output
     with np.load(out) as z:
         assert z["samples"].shape == (5000, 2) and int(z["seed"]) == 0
+
+
+def test_short_help_and_version():
+    from loomray import __version__
+
+    assert runner.invoke(app, ["--version"]).output.strip() == f"loomray {__version__}"
+    for args in (["-h"], ["train", "-h"], ["bench", "-h"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Usage: " in result.output, result.output
