@@ -529,6 +529,11 @@ def sweep_cmd(
         ...,
         help="Sweep spec YAML, or a shipped spec by name (caches, caches-digits); docs/sweeps.md.",
     ),
+    overrides: list[str] = typer.Argument(
+        None,
+        help="key=value: the spec's own keys (trials=8, concurrency=2, "
+        "scheduler.grace_steps=50) or config keys for every trial (train.steps=200).",
+    ),
     storage: str = typer.Option(None, help="Where sweeps go (overrides the spec's storage)."),
     resume: bool = typer.Option(False, help="Continue the interrupted sweep of this spec."),
     address: str = typer.Option(
@@ -557,7 +562,7 @@ def sweep_cmd(
     from loomray.train.launch import LaunchError
 
     try:
-        sweep = load_spec(spec, storage)
+        sweep = load_spec(spec, storage, overrides or [])
         if concurrency is not None:
             sweep.concurrency = _concurrency_or_fail(concurrency)
         if plan:

@@ -192,6 +192,9 @@ CASES = [
     ("train --config digits --run-dir gs://bucket/run", "run dir gs://bucket/run is a URI, not a"),
     ("sweep caches --plan --gpu A10G", "no step rate measured for cifar10 on A10G"),
     ("sweep caches-digits --concurrency 0", "--concurrency must be an integer >= 1 or auto"),
+    ("sweep caches-digits bogus=3", "'bogus' is neither a sweep spec key"),
+    ("sweep caches-digits trials", "override 'trials' is not of the form key=value"),
+    ("sweep caches-digits train.nope=3", "unknown config key train.nope"),
     # run directories
     ("train --config digits --run-dir {tmp}/occupied", "is not empty and holds no loomray run"),
     ("train --config digits --run-dir {tmp}/other-run", "holds a run with another config"),

@@ -466,3 +466,15 @@ def test_the_trials_at_once_follow_the_sweep_dir_on_resume(tmp_path):
     assert scheduler.choose_trial_to_run(Controller(trials)) is trials[2]
     set_concurrency(spec.dir, 2)  # --resume --concurrency 2 on a smaller cluster
     assert scheduler.choose_trial_to_run(Controller(trials)) is None
+
+
+def test_key_value_overrides_shrink_a_sweep_from_the_command_line():
+    from loomray.sweep.spec import load_spec
+
+    spec = load_spec(
+        "caches-digits", None, ["trials=3", "concurrency=1", "train.steps=1000", "seed=7"]
+    )
+    assert (spec.trials, spec.concurrency, spec.seed) == (3, 1, 7)
+    assert spec.overrides["train.steps"] == 1000
+    cfg, _ = spec.trial_config({k: v.edges()[0] for k, v in spec.space.items()})
+    assert cfg.train.steps == 1000 or spec.same_images

@@ -183,5 +183,6 @@ def test_outputs_best_config_and_plot(interrupted_and_resumed):
     cfg = load_config(str(sweep_dir / "best.yaml"))
     assert cfg.coupling.caches == best["coupling.caches"]
     assert cfg.eval.methods == (best["method"],) and cfg.train.steps == 300
+    assert cfg.name == f"{sweep_dir.name}-best"  # trained anew into runs/<sweep>-best
     assert (sweep_dir / "fid-vs-nfe.png").stat().st_size > 10_000
     assert sum(bool(r["pareto"]) for r in rows) >= 1

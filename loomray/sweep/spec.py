@@ -546,8 +546,11 @@ def shipped_specs() -> list[str]:
     )
 
 
-def load_spec(path: str | Path, storage: str | None = None) -> SweepSpec:
-    """A spec file, or the name of a shipped spec (``caches``, ``caches-digits``)."""
+def load_spec(
+    path: str | Path, storage: str | None = None, overrides: list[str] | tuple = ()
+) -> SweepSpec:
+    """A spec file, or the name of a shipped spec (``caches``, ``caches-digits``), with
+    ``key=value`` overrides (``apply_overrides``)."""
     from importlib import resources
 
     source = str(path)
@@ -564,4 +567,43 @@ def load_spec(path: str | Path, storage: str | None = None) -> SweepSpec:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise SweepError(f"sweep spec {source} is not valid YAML: {yaml_problem(err)}") from err
+    if overrides:
+        raw = apply_overrides(raw, overrides, source)
     return spec_from_dict(raw, source, storage)
+
+
+def apply_overrides(raw: Any, overrides: list[str] | tuple, source: str) -> dict[str, Any]:
+    """``trials=8``, ``concurrency=2``, ``scheduler.grace_steps=50`` set the spec's own
+    keys; any other ``section.key=value`` (``train.steps=200``) joins its config
+    overrides. Values are read as YAML, as in the spec."""
+    _need(isinstance(raw, dict), f"sweep spec {source} must be a mapping")
+    raw = dict(raw)
+    existing = raw.get("overrides") or {}
+    _need(isinstance(existing, dict), f"{source}: overrides must be a mapping of config keys")
+    config = flatten_dotted(existing)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        _need(bool(sep) and bool(key), f"override {item!r} is not of the form key=value")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError as err:
+            raise SweepError(f"override {item!r}: {yaml_problem(err)}") from err
+        head, _, rest = key.partition(".")
+        if head in SPEC_KEYS and head != "overrides":
+            if rest:  # a nested spec key: scheduler.grace_steps, resources.workers
+                _need(
+                    isinstance(raw.get(head, {}), dict),
+                    f"override {item!r}: the spec's {head} is not a mapping",
+                )
+                raw[head] = {**(raw.get(head) or {}), rest: value}
+            else:
+                raw[head] = value
+        else:
+            _need(
+                bool(rest),
+                f"override {item!r}: {key!r} is neither a sweep spec key "
+                f"({', '.join(SPEC_KEYS)}) nor a config key section.key",
+            )
+            config[key] = value
+    raw["overrides"] = config
+    return raw

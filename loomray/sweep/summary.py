@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from loomray.config import dump_config
+from loomray.durable import replacing, write_text
 from loomray.sweep.reuse import pruned_training
 from loomray.sweep.spec import SweepSpec
 
@@ -166,20 +168,28 @@ def summarize(spec: SweepSpec, grid, seconds: float) -> SweepResult:
     if rows:
         files["trials"] = spec.dir / "trials.parquet"
         table = pa.Table.from_pylist([{k: _plain(v) for k, v in r.items()} for r in rows])
-        pq.write_table(table, files["trials"])
+        with replacing(files["trials"]) as tmp:
+            pq.write_table(table, tmp)
     best = None
     if done:
         # the best FID (with several objectives, it is on the Pareto front anyway)
         best = min(done, key=lambda r: r[spec.metric])
         params = {k: best[k] for k in spec.space}
         cfg, method = spec.trial_config(params)
+        # its own name, so that training it anew goes to runs/<sweep>-best, not to the
+        # base preset's runs/<preset> (a run of another config, most likely)
+        cfg = replace(cfg, name=f"{spec.name}-best")
         files["best"] = spec.dir / "best.yaml"
-        files["best"].write_text(
+        model = spec.dir / "models" / best["model"]
+        write_text(
+            files["best"],
             f"# Best of sweep {spec.name}: {spec.metric} {best[spec.metric]:.4f} with {method} "
             f"({best['nfe']:g} NFE), trial {best['trial']}.\n"
-            f"# Its trained model: {spec.dir / 'models' / best['model']}\n"
-            f"#   loomray evaluate --ckpt {spec.dir / 'models' / best['model']}\n"
-            f"# Train it anew: loomray train --config {files['best']}\n" + dump_config(cfg)
+            f"# Its trained model: {model}\n"
+            f"#   {shlex.join(['loomray', 'evaluate', '--ckpt', str(model)])}\n"
+            f"# Train it anew (into runs/{cfg.name}): "
+            f"{shlex.join(['loomray', 'train', '--config', str(files['best'])])}\n"
+            + dump_config(cfg),
         )
         files["plot"] = plot_sweep(spec, rows, spec.dir / "fid-vs-nfe.png")
     trained = sum(1 for r in rows if r["trained"])
