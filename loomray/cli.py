@@ -644,12 +644,14 @@ def _sweep_table(sweep, result) -> None:
             markup=False,
         )
     pruned = sum(r["status"] == "pruned" for r in result.rows)
+    stopped = sum(r["status"] == "pruned" and r["trained"] for r in result.rows)
     console.print(
         f"{result.finished} trial{'s' if result.finished != 1 else ''} finished "
         + (f"and {pruned} pruned (ASHA stopped their training) " if pruned else "")
         + f"in {result.seconds:.0f} s; "
-        f"{result.trained} model{'s' if result.trained != 1 else ''} trained for them "
-        "(trials that differ only in sampler reuse a trained model)"
+        f"{result.trained} model{'s' if result.trained != 1 else ''} trained for them"
+        + (f", {stopped} of them stopped early by ASHA" if stopped else "")
+        + " (trials that differ only in sampler reuse a trained model)"
     )
 
 

@@ -88,6 +88,12 @@ def test_the_grid_covers_every_point_once_and_trainings_share_a_fate(sweep):
     # a sampler is never pruned on its own: a training and all its samplers, or nothing
     assert all(len(f) == 1 for f in fates.values()), fates
     assert "done" in {r["status"] for r in rows}
+    # every trial has its record, and each model the one trial that trained it, pruned
+    # or not
+    sweep_dir = sweep[0]
+    assert all((sweep_dir / "trials" / f"{r['trial']}.json").is_file() for r in rows)
+    for model in fates:
+        assert sum(r["trained"] for r in rows if r["model"] == model) == 1, model
 
 
 def test_asha_only_sees_the_reference_sampler_of_trainings(sweep):

@@ -177,12 +177,23 @@ class SweepASHA(_Capped, ASHAScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP and result.get("model"):
+            models = Path(self.models_dir)
+            step, value = result.get(self._time_attr), result.get(self._metric)
             _write_json(
-                Path(self.models_dir) / result["model"] / PRUNED_FILE,
+                models / result["model"] / PRUNED_FILE,
+                {"step": step, "value": value, "trial": trial.trial_id},
+            )
+            # the trial that trained it has its record too, as every other trial does
+            _write_json(
+                models.parent / "trials" / f"{trial.trial_id}.json",
                 {
-                    "step": result.get(self._time_attr),
-                    "value": result.get(self._metric),
-                    "trial": trial.trial_id,
+                    "final": False,
+                    "pruned": True,
+                    "model": result["model"],
+                    "step": step,
+                    "prune_value": value,
+                    "trained": True,
+                    "params": dict(trial.config or {}),
                 },
             )
         return decision

@@ -33,7 +33,8 @@ def _make_report_callback(
                 return
             step = round(m["step"] / scale)
             out = {f"prune_{metric}": m[f"{metric}/{reference}"], "prune_step": step}
-            super().after_report(run_context, [{**out, "model": model}], None)
+            # "trained": this trial trains the model, whether ASHA stops it or not
+            super().after_report(run_context, [{**out, "model": model, "trained": True}], None)
 
     return SweepReport()
 
