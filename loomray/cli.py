@@ -417,7 +417,9 @@ def train_cmd(
     config: str = typer.Option(..., "--config", "-c", help="Preset name or YAML path."),
     overrides: list[str] = typer.Argument(None, help="section.key=value overrides."),
     workers: int = typer.Option(None, help="Training workers (overrides train.workers)."),
-    gpus: bool = typer.Option(None, "--gpus/--cpu", help="One GPU per worker, or CPU only."),
+    gpus: bool = typer.Option(
+        None, "--gpus/--cpu", help="One GPU per worker, or CPU only. Default: the preset's."
+    ),
     address: str = typer.Option(
         None,
         help="Ray cluster to join: auto, ray://host:10001, host:6379. Default: start a local Ray.",

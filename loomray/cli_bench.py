@@ -24,7 +24,7 @@ from loomray.cli import (
 def bench_sample_cmd(
     ckpt: str = typer.Option(..., help="Checkpoint file or run directory."),
     methods: str = typer.Option(
-        None, help="Comma-separated samplers (euler-N, midpoint-N, rk4-N, dopri5; default: "
+        None, help="Comma-separated samplers (euler-N, midpoint-N, heun-N, rk4-N, dopri5; default: "
         "the run's eval.methods)."
     ),
     n: int = typer.Option(4096, help="Samples per sampler."),

@@ -130,7 +130,9 @@ def reflow_cmd(
     pairs_dir: str = typer.Option(None, help="Pairs folder (default: <run-dir>/pairs)."),
     run_dir: str = typer.Option(None, help="Run directory (default runs/<preset name>)."),
     workers: int = typer.Option(None, help="Workers (overrides train.workers)."),
-    gpus: bool = typer.Option(None, "--gpus/--cpu", help="One GPU per worker, or CPU only."),
+    gpus: bool = typer.Option(
+        None, "--gpus/--cpu", help="One GPU per worker, or CPU only. Default: the preset's."
+    ),
     address: str = typer.Option(None, help="Ray cluster to join (default: a local Ray)."),
     verbose: bool = typer.Option(False, help="Stream the workers' logs to this terminal."),
     dashboard_host: str = typer.Option("127.0.0.1", help=DASHBOARD_HOST_HELP),

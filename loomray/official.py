@@ -121,9 +121,16 @@ def read_official(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.
         raise ReleaseError(
             f"it is not a torch file of tensors and plain values ({type(err).__name__})"
         ) from err
+    if isinstance(raw, dict) and "format" in raw and "config" in raw:
+        raise ReleaseError(
+            "it is already a loomray checkpoint: pass it (or its run dir) as --ckpt, or "
+            "as train.init to fine-tune from it"
+        )
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
         raise ReleaseError("it is not a LOOM-CFM release (no 'model' state dict)")
     model = raw["model"]
+    if model and all(k.startswith("module.") for k in model):  # a DDP module's state dict
+        model = {k[len("module.") :]: v for k, v in model.items()}
     backbone = {k[len(PREFIX) :]: v for k, v in model.items() if k.startswith(PREFIX)}
     ae = {k[3:]: v for k, v in model.items() if k.startswith("ae.")}
     other = sorted(k for k in model if not k.startswith((PREFIX, "ae.")))

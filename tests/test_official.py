@@ -116,6 +116,15 @@ def test_import_writes_a_run_that_samples_and_evaluates(release, tmp_path):
         app, ["sample", "--ckpt", str(run), "--n", "4", "--method", "euler-1", "--out", str(grid)]
     )
     assert sample.exit_code == 0, sample.output and grid.is_file()
+    # the authors' trainer saves its DDP module at the end: module.backbone.* keys
+    ddp = tmp_path / "ddp.pth"
+    raw = torch.load(release, weights_only=True)
+    torch.save({**raw, "model": {f"module.{k}": v for k, v in raw["model"].items()}}, ddp)
+    args = ["import", str(ddp), "--preset", "cifar10", "--run-dir", str(tmp_path / "ddp")]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0 and "imported 304 tensors" in " ".join(out.output.split())
+    again = torch.load(tmp_path / "ddp" / "train" / "step-0390000" / "checkpoint.pt")
+    assert all(torch.equal(again["model"][k], v) for k, v in ckpt["model"].items())
 
 
 def _bad_files(folder: Path, release: Path) -> dict[str, tuple[Path, str]]:
@@ -126,7 +135,9 @@ def _bad_files(folder: Path, release: Path) -> dict[str, tuple[Path, str]]:
     (folder / "evil.pth").write_bytes(pickle.dumps(_Evil(folder / "pwned")))
     imagenet = {f"backbone.{k}": torch.empty(0) for k in KEYS["imagenet32"]["state_dict"]}
     torch.save({"model": imagenet}, folder / "imagenet32.pth")
+    torch.save({"format": 1, "config": {}, "step": 0}, folder / "loomray.pt")
     return {
+        "a loomray checkpoint": (folder / "loomray.pt", "it is already a loomray checkpoint"),
         "garbage": (folder / "garbage.pth", "is not a torch file of tensors and plain values"),
         "truncated": (folder / "truncated.pth", "is not a torch file of tensors"),
         "foreign": (folder / "foreign.pth", "no 'model' state dict"),
