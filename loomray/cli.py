@@ -12,6 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+PRECISION_HELP = (
+    "The network's precision when sampling: fp32 or bf16 (autocast, CUDA only). "
+    "Default: the run's eval.precision (fp32)."
+)
 HELP_FLAGS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     help="LOOM-CFM flow matching on Ray: train, sweep, evaluate, benchmark.",
@@ -325,6 +329,7 @@ def sample_cmd(
     scale: int = typer.Option(
         None, help="Upscale each image N times in the grid (default: to at least 32 pixels)."
     ),
+    precision: str = typer.Option(None, help=PRECISION_HELP),
 ) -> None:
     """Draw samples from a checkpoint's EMA model and write them as an image."""
     import torch
@@ -332,11 +337,12 @@ def sample_cmd(
     from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint
     from loomray.coupling import noise_from_seeds
     from loomray.data import DatasetError
+    from loomray.evaluate import sample_eval, with_precision
     from loomray.images import GRID_MOST, save_sample_array, save_samples
     from loomray.latents.autoencoder import AutoencoderError
     from loomray.latents.decode import to_images
     from loomray.paths import file_to_write
-    from loomray.sampling import parse_method, sample
+    from loomray.sampling import parse_method
 
     if n < 1:
         fail(f"--n must be at least 1, got {n}")
@@ -357,12 +363,13 @@ def sample_cmd(
     try:
         parse_method(method)
         cfg, model = ema_model_of(load_checkpoint(ckpt))
+        cfg = with_precision(cfg, precision)
     except (CheckpointError, ValueError) as err:
         fail(str(err))
     z = torch.from_numpy(
         noise_from_seeds(seed * 1_000_003 + torch.arange(n).numpy(), cfg.sample_shape)
     )
-    result = sample(model, z, method, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
+    result = sample_eval(model, cfg, z, method)
     title = f"{cfg.name} {result.method} ({result.nfe} NFE)"
     try:
         images = to_images(cfg, result.x)  # a latent model's samples, decoded
@@ -865,6 +872,7 @@ def evaluate_cmd(
         help="FID protocol: standard (torch-fidelity, as most papers) or paper (the LOOM-CFM "
         "authors'; docs/reproduce.md). Default: the run's eval.protocol.",
     ),
+    precision: str = typer.Option(None, help=PRECISION_HELP),
 ) -> None:
     """FID (or energy distance for toy2d) and actual NFE per sampler for a checkpoint."""
 
@@ -875,6 +883,7 @@ def evaluate_cmd(
         make_evaluator,
         read_results,
         weights_state,
+        with_precision,
         write_results,
     )
     from loomray.train.launch import LaunchError
@@ -891,6 +900,7 @@ def evaluate_cmd(
     try:
         payload = load_checkpoint(ckpt)
         cfg, model = ema_model_of(payload)
+        cfg = with_precision(cfg, precision)
         names = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else []
         if methods is not None and not names:
             raise EvaluationError("--methods names no sampler (e.g. --methods euler-1,dopri5)")
@@ -908,7 +918,7 @@ def evaluate_cmd(
         try:
             if workers > 1:
                 rows = _evaluate_on_workers(
-                    payload["path"], names, count, evaluator, workers, gpus, address
+                    payload["path"], names, count, evaluator, workers, gpus, address, precision
                 )
             else:
                 rows = _evaluate_here(model, cfg, names, count, evaluator, dev)
@@ -946,7 +956,7 @@ def _evaluate_here(model, cfg, names, count, evaluator, dev):
         )
 
 
-def _evaluate_on_workers(checkpoint, names, count, evaluator, workers, gpus, address):
+def _evaluate_on_workers(checkpoint, names, count, evaluator, workers, gpus, address, precision):
     from loomray.evaluate_workers import evaluate_with_workers
     from loomray.ray_cluster import connect
 
@@ -954,7 +964,9 @@ def _evaluate_on_workers(checkpoint, names, count, evaluator, workers, gpus, add
     if evaluator.metric == "fid":
         evaluator.reference_sums()  # computed (or read from the cache) once, here
     with console.status(f"sampling and scoring on {plural(workers, 'worker')}..."):
-        return evaluate_with_workers(checkpoint, names, count, evaluator, workers, gpus)
+        return evaluate_with_workers(
+            checkpoint, names, count, evaluator, workers, gpus, precision=precision
+        )
 
 
 @bench_app.command("coupling")

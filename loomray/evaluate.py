@@ -495,10 +495,31 @@ def eval_noise(cfg: Config, lo: int, hi: int, device: str | torch.device) -> tor
     return torch.from_numpy(noise_from_seeds(seeds, cfg.sample_shape)).to(device)
 
 
+def with_precision(cfg: Config, precision: str | None) -> Config:
+    """``cfg`` sampling in ``precision`` (fp32 or bf16; None: as it is)."""
+    from dataclasses import replace
+
+    from loomray.config import PRECISIONS
+
+    if precision is None:
+        return cfg
+    if precision not in PRECISIONS:
+        raise EvaluationError(
+            f"--precision must be {' or '.join(PRECISIONS)}, got {precision!r}"
+        )
+    return replace(cfg, eval=replace(cfg.eval, precision=precision))
+
+
+def sampling_in_bf16(cfg: Config, device_type: str) -> bool:
+    """Whether sampling runs the network under bf16 autocast: only when asked
+    (``eval.precision``), and only on CUDA; never because training ran in bf16."""
+    return device_type == "cuda" and cfg.eval.precision == "bf16"
+
+
 def sample_eval(model: nn.Module, cfg: Config, z: torch.Tensor, method: str) -> SampleResult:
-    """One sampler from ``z`` as evaluation runs it: no grad, bf16 autocast on CUDA when
-    the config trains in bf16 (the solver's state stays float32)."""
-    bf16 = z.device.type == "cuda" and cfg.train.bf16
+    """One sampler from ``z`` as evaluation runs it: no grad, the network in
+    ``eval.precision`` (bf16: autocast on CUDA; the solver's state stays float32)."""
+    bf16 = sampling_in_bf16(cfg, z.device.type)
     with torch.no_grad(), torch.autocast(z.device.type, torch.bfloat16, enabled=bf16):
         return sample(model, z, method, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
 
@@ -515,7 +536,7 @@ def sample_shares(
     progress=None,
 ) -> dict[str, MethodShare]:
     """This worker's part of the evaluation: its batches, every sampler from the same
-    noise per sample index (EMA weights, no grad, bf16 on CUDA when training is)."""
+    noise per sample index (EMA weights, no grad, the network in eval.precision)."""
     for m in methods:
         parse_method(m)
     device = torch.device(device)

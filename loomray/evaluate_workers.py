@@ -18,6 +18,7 @@ from loomray.evaluate import (
     combine_shares,
     make_evaluator,
     sample_shares,
+    with_precision,
 )
 
 
@@ -30,6 +31,7 @@ def _share_task(
     world: int,
     threads: int,
     protocol: str,
+    precision: str | None = None,
 ) -> dict[str, MethodShare]:
     import torch
 
@@ -38,6 +40,7 @@ def _share_task(
     torch.set_num_threads(max(1, threads))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg, model = ema_model_of(load_checkpoint(checkpoint))
+    cfg = with_precision(cfg, precision)
     evaluator = make_evaluator(
         cfg, "train", fid_weights, device, with_reference=False, protocol=protocol
     )
@@ -52,6 +55,7 @@ def evaluate_with_workers(
     workers: int,
     gpus: bool = False,
     threads: int = 1,
+    precision: str | None = None,
 ) -> list[EvalRow]:
     """Sample and featurize on ``workers`` Ray tasks (Ray must be connected); score here."""
     import ray
@@ -63,7 +67,7 @@ def evaluate_with_workers(
         # the driver's weights file, not each node's own setting: one feature space
         task.remote(
             checkpoint, list(methods), n, evaluator.weights, r, workers, threads,
-            evaluator.protocol,
+            evaluator.protocol, precision,
         )
         for r in range(workers)
     ]

@@ -144,7 +144,13 @@ def read_official(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.
 
 def import_config(preset: str) -> Config:
     cfg = load_config(preset)
-    return replace(cfg, model=replace(cfg.model, time_scale=1.0))
+    # fp32, as the authors train and evaluate these weights
+    return replace(
+        cfg,
+        model=replace(cfg.model, time_scale=1.0),
+        train=replace(cfg.train, bf16=False),
+        eval=replace(cfg.eval, precision="fp32"),
+    )
 
 
 def import_official(path: str | Path, preset: str, run_dir: str | Path) -> dict[str, Any]:

@@ -124,3 +124,15 @@ def test_toy2d_uses_energy_distance():
     ev = make_evaluator(cfg)
     rows = evaluate_model(run.state.ema.model, cfg, ["euler-1", "midpoint-2"], 500, ev)
     assert [r.metric for r in rows] == ["energy", "energy"] and all(r.value > 0 for r in rows)
+
+
+def test_sampling_runs_in_fp32_unless_asked_whatever_training_ran_in():
+    from loomray.evaluate import sampling_in_bf16, with_precision
+
+    trained_bf16 = load_config("cifar10", ["train.bf16=true"])
+    assert trained_bf16.eval.precision == "fp32"
+    assert not sampling_in_bf16(trained_bf16, "cuda")
+    asked = with_precision(trained_bf16, "bf16")
+    assert sampling_in_bf16(asked, "cuda") and not sampling_in_bf16(asked, "cpu")
+    with pytest.raises(EvaluationError, match="--precision must be fp32 or bf16"):
+        with_precision(trained_bf16, "fp16")

@@ -108,6 +108,7 @@ def test_import_writes_a_run_that_samples_and_evaluates(release, tmp_path):
     assert "imported 304 tensors at step 390000" in " ".join(out.output.split())
     cfg = load_config(str(run / "config.yaml"))
     assert cfg.model.time_scale == 1.0 and cfg.name == "cifar10"
+    assert not cfg.train.bf16 and cfg.eval.precision == "fp32"  # the authors' fp32
     ckpt = torch.load(run / "train" / "step-0390000" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 390000
     assert all(torch.equal(ckpt["model"][k], ckpt["ema"][k]) for k in ckpt["model"])
