@@ -122,7 +122,9 @@ class TrainConfig:
     """EMA decay of the weights that are evaluated and sampled from."""
     ema_warmup: bool = True
     """Decay min(train.ema, (1 + step) / (10 + step)): a short run still gets a usable
-    EMA model; a paper-length run ends as with the fixed decay."""
+    EMA model; a paper-length run ends as with the fixed decay. A fine-tune from
+    train.init starts from that model's EMA and keeps the fixed decay (a warm-up would
+    throw the starting EMA away in its first steps)."""
     sigma: float = 1e-7
     """Noise added along the path, x_t = (1 - t) z + t x + sigma eps."""
     grad_clip: float = 1.0

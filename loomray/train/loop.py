@@ -135,7 +135,8 @@ def build_state(cfg: Config, device: torch.device) -> TrainState:
     model = build_model(cfg).to(device)
     if uses_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
-    ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup)
+    # a fine-tune starts from its initial weights' EMA: no warm-up to forget it
+    ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup and not cfg.train.init)
     # fused: one kernel for the whole update on a GPU (the loop is launch-bound there)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(cfg.train.warmup))

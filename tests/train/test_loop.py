@@ -67,3 +67,20 @@ def test_the_history_keeps_a_few_bytes_a_step_not_the_step_logs():
     assert len(history._pending) == 500  # read from the device in chunks of 1000
     assert sum(a.nbytes for a in history._losses) == 2000 * 4
     assert history.losses == [float(i) for i in range(2500)] and history.waits == [0.5] * 2500
+
+
+def test_a_fine_tune_keeps_its_starting_ema_without_a_warm_up(tmp_path):
+    """train.init: the EMA starts as the initial weights' EMA and moves at the fixed
+    decay from the first step; a warm-up would replace 90% of it at step 0."""
+    from loomray.checkpoint import save_checkpoint
+    from loomray.config import load_config
+    from loomray.train.loop import build_state
+
+    base = load_config("toy2d", ["train.steps=1"])
+    ema = build_state(base, torch.device("cpu")).ema.model.state_dict()
+    init = save_checkpoint(
+        tmp_path / "init.pt", {"format": 1, "config": base.to_dict(), "step": 5, "ema": ema}
+    )
+    tuned = build_state(load_config("toy2d", [f"train.init={init}"]), torch.device("cpu"))
+    assert not tuned.ema.warmup and tuned.ema.decay == base.train.ema
+    assert build_state(base, torch.device("cpu")).ema.warmup  # a run from scratch warms up
