@@ -113,8 +113,8 @@ def test_asha_only_sees_the_reference_sampler_of_trainings(sweep):
             )
             scores = {row["method"]: row["value"] for row in ev}
             assert intermediate[0]["prune_fid"] == pytest.approx(scores["midpoint-2"])
-        else:  # only evaluated: its one result is final, it never entered a rung
-            assert not intermediate and lines[-1]["final"]
+        else:  # only evaluated (or found its model pruned): it never entered a rung
+            assert not intermediate and (lines[-1]["final"] or lines[-1].get("pruned"))
     assert first_rung
     # the scenario matters: each finished euler-1 trial scored worse than the euler-4
     # trial of its own training, so a rule comparing own-sampler FIDs at a rung would
