@@ -3,6 +3,8 @@
 The real sweep on Ray (train, reuse, interrupt, resume) is in test_sweep_ray.py.
 """
 
+import json
+
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -129,6 +131,9 @@ def test_pruned_trainings_and_partial_results_never_reach_optuna_as_complete(tmp
     assert (keep, cut) == ("CONTINUE", "STOP")
     assert pruned_training(spec.dir / "models" / "m1")["step"] == 100
     assert pruned_training(spec.dir / "models" / "m0") is None
+    # the trial that trained the stopped model has its record, as its trainer
+    record = json.loads((spec.dir / "trials" / "t1.json").read_text())
+    assert record["pruned"] and record["trained"] and record["model"] == "m1"
     searcher.on_trial_complete("t1", {"prune_fid": 80.0, "prune_step": 100, "model": "m1"})
     searcher.on_trial_complete("t0", {"final": False, "pruned": True, "model": "m0"})
     searcher.on_trial_complete("t2", final)

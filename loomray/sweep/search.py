@@ -193,7 +193,7 @@ class SweepASHA(_Capped, ASHAScheduler):
                     "step": step,
                     "prune_value": value,
                     "trained": True,
-                    "params": dict(trial.config or {}),
+                    "params": dict(getattr(trial, "config", None) or {}),
                 },
             )
         return decision
