@@ -10,12 +10,21 @@ from pathlib import Path
 import click
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Table as RichTable
 
 PRECISION_HELP = (
     "The network's precision when sampling: fp32 or bf16 (autocast, CUDA only). "
     "Default: the run's eval.precision (fp32)."
 )
+class Table(RichTable):
+    """Rich's table whose cells wrap instead of being cut short with an ellipsis, so
+    every figure stays readable in an 80-column terminal."""
+
+    def add_column(self, *args, **kwargs) -> None:
+        kwargs.setdefault("overflow", "fold")
+        super().add_column(*args, **kwargs)
+
+
 HELP_FLAGS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     help="LOOM-CFM flow matching on Ray: train, sweep, evaluate, benchmark.",

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from loomray.cli import (
+    Table,
     _config_or_fail,
     _device_name,
     _device_or_fail,

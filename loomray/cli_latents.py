@@ -6,9 +6,9 @@ import shlex
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from loomray.cli import (
+    Table,
     app,
     bench_app,
     console,

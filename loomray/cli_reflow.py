@@ -7,10 +7,10 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from loomray.cli import (
     DASHBOARD_HOST_HELP,
+    Table,
     _config_or_fail,
     _path_or_fail,
     _report_interrupt,

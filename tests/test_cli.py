@@ -55,3 +55,9 @@ def test_short_help_and_version():
     for args in (["-h"], ["train", "-h"], ["bench", "-h"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0 and "Usage: " in result.output, result.output
+
+
+def test_tables_wrap_in_an_80_column_terminal_instead_of_cutting_figures():
+    result = CliRunner().invoke(app, ["presets"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0 and "…" not in result.output
+    assert "imagenet" in result.output and "1334000" in result.output
