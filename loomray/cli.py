@@ -88,8 +88,11 @@ def _warn_exposure(dashboard_host: str) -> None:
         console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
-def _show_dashboard(url: str | None) -> None:
-    """Once connected: the dashboard's URL and the command that shows the live numbers."""
+def _show_dashboard(url: str | None, run_dir: Path | None = None) -> None:
+    """Once connected: the dashboard's URL and the command that shows the live numbers
+    (of ``run_dir`` alone, when given)."""
+    import shlex
+
     from loomray.ray_cluster import status_address
 
     if url:
@@ -98,9 +101,9 @@ def _show_dashboard(url: str | None) -> None:
             soft_wrap=True,
             markup=False,
         )
-    console.print(
-        f"live numbers: loomray status --address {status_address()}", soft_wrap=True, markup=False
-    )
+    command = ["loomray", "status", "--address", status_address()]
+    command += ["--run-dir", str(run_dir)] if run_dir is not None else []
+    console.print(f"live numbers: {shlex.join(command)}", soft_wrap=True, markup=False)
 
 
 def _starting(address: str | None) -> str:
@@ -482,7 +485,7 @@ def train_cmd(
                 address=address,
                 resume=resume,
                 quiet=not verbose,
-                on_dashboard=_show_dashboard,
+                on_dashboard=lambda url: _show_dashboard(url, run.resolve()),
                 dashboard_host=dashboard_host,
             )
     except (LaunchError, DatasetError) as err:
@@ -784,6 +787,9 @@ def status_cmd(
         help="Ray cluster to look at (default: $RAY_ADDRESS, else the loomray cluster on "
         "this machine; with several, they are listed).",
     ),
+    run_dir: str = typer.Option(
+        None, help="Only this run (its run dir); default: every loomray run on the cluster."
+    ),
 ) -> None:
     """Live numbers of the loomray runs on a Ray cluster (from their coupling services)."""
     import os
@@ -812,12 +818,18 @@ def status_cmd(
         where = f"the cluster at {address}" if address else "this cluster"
         console.print(f"no loomray run is active on {where}", markup=False)
         raise typer.Exit(code=1)
+    mine = str(Path(run_dir).expanduser().resolve()) if run_dir else None
+    shown = 0
     for name in sorted(names):
         try:
             s = ray.get(ray.get_actor(name, namespace=NAMESPACE).stats.remote(), timeout=10)
         except Exception as err:  # the run may have ended between listing and asking
-            console.print(f"{name}: no answer ({err})")
+            if not mine:
+                console.print(f"{name}: no answer ({err})")
             continue
+        if mine and s.get("run_dir") != mine:
+            continue
+        shown += 1
 
         def num(key, fmt="{:.2f}", s=s):
             return fmt.format(s[key]) if s.get(key) is not None else "-"
@@ -853,6 +865,9 @@ def status_cmd(
         for row in rows:
             table.add_row(*row)
         console.print(table)
+    if mine and not shown:
+        console.print(f"run {mine} is not active on this cluster", markup=False)
+        raise typer.Exit(code=1)
 
 
 @app.command("evaluate")

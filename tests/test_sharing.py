@@ -255,9 +255,12 @@ def test_a_second_train_into_a_run_dir_is_refused_and_status_finds_the_first(tmp
         )
         command = hint.removeprefix("live numbers: ").split()
         assert command[:3] == ["loomray", "status", "--address"]
+        assert command[3:] == [command[3], "--run-dir", str(run.resolve())]
         status = _loomray(*command[1:])
         assert status.returncode == 0, status.stdout + status.stderr
         assert f"run {run.resolve()}" in status.stdout
+        other = _loomray(*command[1:4], "--run-dir", str(tmp_path / "not-running"))
+        assert other.returncode == 1 and "is not active on this cluster" in other.stdout
     finally:
         first.send_signal(2)  # Ctrl-C: it saves nothing more and says how to go on
         first.wait(timeout=180)
