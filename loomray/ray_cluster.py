@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import socket
 import stat
 import tempfile
@@ -163,6 +164,8 @@ def connect(
     dashboard = dashboard_wanted()  # a bad setting fails even when Ray is up
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
+    if not sys.stdout.isatty():  # a log file: the workers' lines without colour codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if ray.is_initialized():
         return _DASHBOARD.get("url")
     address = address or os.environ.get("RAY_ADDRESS") or None
