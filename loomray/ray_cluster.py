@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import socket
 import stat
+import sys
 import tempfile
 import time
 from pathlib import Path
