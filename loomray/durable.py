@@ -18,16 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a node crash must not undo it)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries (a rename in it), to disk: a node
+    crash must not undo it."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -49,12 +42,12 @@ def replacing(path: str | os.PathLike, mkdir: bool = True) -> Iterator[Path]:
     tmp = temporary_name(path)
     try:
         yield tmp
-        fsync_file(tmp)
+        fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    fsync(path.parent)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

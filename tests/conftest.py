@@ -42,6 +42,22 @@ def ray_session():
     ray.shutdown()
 
 
+CLI_ENV = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "COLUMNS": "300"}
+
+
+def loomray_cli(*args: str, timeout: float = 180, **kw) -> subprocess.CompletedProcess:
+    """A `loomray` command in a process of its own, as a user in another terminal
+    (wide output, so sentences are not wrapped)."""
+    return subprocess.run(
+        [sys.executable, "-m", "loomray", *args],
+        capture_output=True,
+        text=True,
+        env=CLI_ENV,
+        timeout=timeout,
+        **kw,
+    )
+
+
 def ray_node(*args: str, env: dict) -> subprocess.Popen:
     """`ray start --block ...` in a session of its own (stop it with ``stop_private``);
     a head gets a short private temp dir (socket paths are limited to 107 bytes), so

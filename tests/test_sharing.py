@@ -15,6 +15,7 @@ import time
 
 import pytest
 import ray
+from conftest import loomray_cli
 
 from loomray.config import load_config
 from loomray.locks import lock_folder
@@ -35,15 +36,7 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "COLUMNS":
 
 
 def _loomray(*args: str) -> subprocess.CompletedProcess:
-    """A `loomray` command in a process of its own, as a user in another terminal."""
-    return subprocess.run(
-        [sys.executable, "-m", "loomray", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=180,
-        stdin=subprocess.DEVNULL,
-    )
+    return loomray_cli(*args, stdin=subprocess.DEVNULL)
 
 
 def _alive_groups() -> list[dict]:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+from conftest import loomray_cli
+
 from loomray.checkpoint import latest_step
 
 ARGS = [
@@ -23,14 +25,7 @@ ENV = {**os.environ, "COLUMNS": "200"}
 
 
 def loomray(args, **kw):
-    return subprocess.run(
-        [sys.executable, "-m", "loomray", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=600,
-        **kw,
-    )
+    return loomray_cli(*args, timeout=600, **kw)
 
 
 def test_ctrl_c_says_where_it_stopped_and_how_to_go_on(tmp_path):
