@@ -74,6 +74,14 @@ class DurableState:
         self.journal: Journal | None = None
         self.lineage = ""
         self.bytes = 0
+        self._remove_temporaries()
+
+    def _remove_temporaries(self) -> None:
+        """Half-written snapshots and journal cuts of a service that died while writing
+        them (the run dir is locked to this run, whose one service writes here)."""
+        for name in (SNAPSHOT_NAME, JOURNAL_NAME):
+            for tmp in self.folder.glob(f".{name}.tmp-*"):
+                tmp.unlink(missing_ok=True)
 
     @property
     def snapshot_path(self) -> Path:

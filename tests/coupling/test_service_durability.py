@@ -120,3 +120,13 @@ def test_steps_wait_longer_for_a_rank_that_said_it_is_busy():
     assert got.shape == part(0, 1)[1].shape
     with pytest.raises(TimeoutError, match=r"step 0 still lacks rank\(s\) 0"):
         asyncio.run(late_rank_0(CouplingService(spec(timeout_s=0.5)), False))
+
+
+def test_a_new_service_removes_the_half_written_files_of_a_dead_one(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    torn = [tmp_path / ".journal.bin.tmp-123-abcd", tmp_path / ".table-snapshot.parquet.tmp-9"]
+    for path in torn:
+        path.write_bytes(b"half")
+    (tmp_path / "notes.txt").write_text("mine")
+    CouplingService(durable(tmp_path))
+    assert not any(p.exists() for p in torn) and (tmp_path / "notes.txt").exists()
