@@ -25,6 +25,20 @@ class Table(RichTable):
         super().add_column(*args, **kwargs)
 
 
+def _flags_show_no_type() -> None:
+    """typer shows every option's type, a flag's as ``<bool>``; a flag takes no value,
+    so its type column stays empty in loomray's help."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
 HELP_FLAGS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     help="LOOM-CFM flow matching on Ray: train, sweep, evaluate, benchmark.",

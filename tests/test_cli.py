@@ -55,6 +55,7 @@ def test_short_help_and_version():
     for args in (["-h"], ["train", "-h"], ["bench", "-h"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0 and "Usage: " in result.output, result.output
+        assert "<bool>" not in result.output  # a flag takes no value
 
 
 def test_tables_wrap_in_an_80_column_terminal_instead_of_cutting_figures():
