@@ -629,7 +629,7 @@ def run_identity(cfg: Config) -> dict[str, Any]:
     checkpoints and retries (``RESULT_FREE``) and its scoring (a run is extended by
     raising train.steps, and scored with any sampler)."""
     d = cfg.to_dict()
-    for key in RESULT_FREE:
+    for key in (*RESULT_FREE, "workers"):  # workers: the global batch (train.batch) stays
         d["train"].pop(key)
     d.pop("eval")
     return d

@@ -145,3 +145,19 @@ def test_dump_round_trips(tmp_path):
 
 def test_parse_overrides_nests():
     assert parse_overrides(["a.b=1", "a.c=x"]) == {"a": {"b": 1, "c": "x"}}
+
+
+def test_a_resume_may_change_what_cannot_change_the_result(tmp_path, capsys):
+    """Logging, checkpoints, retries and (with the global batch kept) the worker count;
+    anything else is refused with the key."""
+    from loomray.config import dump_config
+    from loomray.train.launch import LaunchError, prepare_run_dir
+
+    (tmp_path / "config.yaml").write_text(dump_config(load_config("digits")))
+    free = ["train.log_every=7", "train.ckpt_every=300", "train.keep_checkpoints=1"]
+    free += ["train.max_failures=0", "train.sample_every=100", "eval.n=100", "train.workers=1"]
+    assert prepare_run_dir(load_config("digits", free), tmp_path, resume=True)
+    assert "resuming with 1 worker instead of 2" in capsys.readouterr().out
+    assert "log_every: 7" in (tmp_path / "config.yaml").read_text()
+    with pytest.raises(LaunchError, match=r"another config \(train.batch"):
+        prepare_run_dir(load_config("digits", ["train.batch=64"]), tmp_path, resume=True)

@@ -107,6 +107,16 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, write: bool = True
             raise LaunchError(f"run dir {run_dir} has an unreadable config.yaml: {err}") from err
         # Extending a run, or scoring it with other samplers, is the same run.
         changes = _diff(run_identity(old), run_identity(cfg))
+        if not changes and write and old.train.workers != cfg.train.workers:
+            print(
+                f"resuming with {cfg.train.workers} worker"
+                f"{'s' if cfg.train.workers != 1 else ''} instead of "
+                f"{old.train.workers}: the global batch stays {cfg.train.batch} and every "
+                "step trains on the same images and noise, but the gradients are summed in "
+                "another order, so the run is no longer bit-identical to one that kept "
+                f"{old.train.workers}",
+                flush=True,
+            )
         if changes:
             raise LaunchError(
                 f"run dir {run_dir} holds a run with another config ({changes[0]}"
@@ -495,11 +505,7 @@ def launch(
     otherwise evaluation during training is switched off with a message."""
     run_dir = Path(run_dir).expanduser()
     dataset = build_dataset(cfg)  # fail on missing data before starting anything
-    prepare_run_dir(cfg, run_dir, resume, write=False)  # and on a wrong run dir
-    try:
-        folder_to_write(run_dir, "run dir")  # or one that cannot be written
-    except PathError as err:
-        raise LaunchError(str(err)) from None
+    prepare_run_dir(cfg, run_dir, resume, write=False)  # and on a wrong or unwritable one
     try:
         check_loom_table(cfg, run_dir)  # or a LOOM checkpoint that lost its table
         init_weights(cfg)  # and on weights to start from that do not fit
