@@ -334,7 +334,7 @@ def import_cmd(
     extra = f" and {done['autoencoder']} autoencoder tensors" if done["autoencoder"] else ""
     console.print(
         f"imported {done['keys']} tensors{extra} at step {done['step']} into {run_dir} "
-        f"({done['checkpoint']}); try: loomray evaluate --ckpt {run_dir}",
+        f"({done['checkpoint']}): {done['weights']}; try: loomray evaluate --ckpt {run_dir}",
         markup=False,
     )
 

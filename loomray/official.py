@@ -4,7 +4,8 @@
 
 The released ``model.pth`` files (Hugging Face ``cvg-unibe/loom-cfm_<preset>``)
 are ``torch.save`` dicts ``{optimizer, lr_scheduler, model, global_step}``;
-``model`` is the EMA network, its keys ``backbone.<guided-diffusion ADM UNet key>``
+``model`` is the EMA network (the trainer's final save: its DDP training network,
+``module.``-prefixed), its keys ``backbone.<guided-diffusion ADM UNet key>``
 (and ``ae.*``, the latent autoencoder, for ffhq256). loomray's UNet has the
 same parameters in the same order under other names, so the import maps every
 key by the network's structure and checks every shape. Two things differ:
@@ -111,8 +112,9 @@ def convert_state_dict(theirs: dict[str, torch.Tensor], model: torch.nn.Module) 
     return out
 
 
-def read_official(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
-    """The backbone's state dict, the ``ae.*`` tensors and the global step of a file."""
+def read_official(path: Path) -> tuple[dict, dict, int, bool]:
+    """The backbone's state dict, the ``ae.*`` tensors, the global step of a file and
+    whether it is a DDP module's state dict (``module.*`` keys)."""
     if not path.is_file():
         raise ReleaseError("it does not exist" if not path.exists() else "it is a folder")
     try:
@@ -129,7 +131,8 @@ def read_official(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
         raise ReleaseError("it is not a LOOM-CFM release (no 'model' state dict)")
     model = raw["model"]
-    if model and all(k.startswith("module.") for k in model):  # a DDP module's state dict
+    ddp = bool(model) and all(k.startswith("module.") for k in model)
+    if ddp:  # the trainer's final save: its DDP-wrapped training network
         model = {k[len("module.") :]: v for k, v in model.items()}
     backbone = {k[len(PREFIX) :]: v for k, v in model.items() if k.startswith(PREFIX)}
     ae = {k[3:]: v for k, v in model.items() if k.startswith("ae.")}
@@ -139,7 +142,17 @@ def read_official(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.
     if not backbone:
         raise ReleaseError("its model has no backbone.* keys")
     step = raw.get("global_step", 0)
-    return backbone, ae, int(step) if isinstance(step, (int, float)) else 0
+    return backbone, ae, int(step) if isinstance(step, (int, float)) else 0, ddp
+
+
+RAW_WEIGHTS = (
+    "the training network's raw weights (module.* keys: the trainer's final save of its "
+    "DDP model, not its EMA)"
+)
+SAVED_WEIGHTS = (
+    "the network as saved (the authors' releases and periodic saves hold the EMA; a "
+    "final save from one GPU holds the raw weights, which the file cannot tell apart)"
+)
 
 
 def import_config(preset: str) -> Config:
@@ -165,7 +178,7 @@ def import_official(path: str | Path, preset: str, run_dir: str | Path) -> dict[
         raise ReleaseError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     cfg = import_config(preset)
     try:
-        backbone, ae, step = read_official(path)
+        backbone, ae, step, ddp = read_official(path)
         weights = convert_state_dict(backbone, build_model(cfg))
         vae, scale = convert_autoencoder(ae) if ae else (None, None)
     except ReleaseError as err:
@@ -186,7 +199,13 @@ def import_official(path: str | Path, preset: str, run_dir: str | Path) -> dict[
         {**payload, "imported_from": str(path)},
     )
     write_text(run_dir / "config.yaml", dump_config(cfg))
-    return {"checkpoint": ckpt, "step": step, "keys": len(weights), "autoencoder": len(ae)}
+    return {
+        "checkpoint": ckpt,
+        "step": step,
+        "keys": len(weights),
+        "autoencoder": len(ae),
+        "weights": RAW_WEIGHTS if ddp else SAVED_WEIGHTS,
+    }
 
 
 def convert_autoencoder(ae: dict[str, torch.Tensor]):

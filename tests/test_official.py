@@ -106,6 +106,7 @@ def test_import_writes_a_run_that_samples_and_evaluates(release, tmp_path):
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     assert "imported 304 tensors at step 390000" in " ".join(out.output.split())
+    assert "the network as saved (the authors' releases" in " ".join(out.output.split())
     cfg = load_config(str(run / "config.yaml"))
     assert cfg.model.time_scale == 1.0 and cfg.name == "cifar10"
     assert not cfg.train.bf16 and cfg.eval.precision == "fp32"  # the authors' fp32
@@ -123,7 +124,8 @@ def test_import_writes_a_run_that_samples_and_evaluates(release, tmp_path):
     torch.save({**raw, "model": {f"module.{k}": v for k, v in raw["model"].items()}}, ddp)
     args = ["import", str(ddp), "--preset", "cifar10", "--run-dir", str(tmp_path / "ddp")]
     out = CliRunner().invoke(app, args)
-    assert out.exit_code == 0 and "imported 304 tensors" in " ".join(out.output.split())
+    text = " ".join(out.output.split())
+    assert out.exit_code == 0 and "imported 304 tensors" in text and "raw weights" in text
     again = torch.load(tmp_path / "ddp" / "train" / "step-0390000" / "checkpoint.pt")
     assert all(torch.equal(again["model"][k], v) for k, v in ckpt["model"].items())
 
