@@ -994,7 +994,9 @@ def _evaluate_here(model, cfg, names, count, evaluator, dev):
         )
 
 
-def _evaluate_on_workers(checkpoint, names, count, evaluator, workers, gpus, address, precision):
+def _evaluate_on_workers(
+    checkpoint, names, count, evaluator, workers, gpus, address, precision=None
+):
     from loomray.evaluate_workers import evaluate_with_workers
     from loomray.ray_cluster import connect
 

@@ -64,7 +64,7 @@ def test_npz_batches(tmp_path):
         np.savez(tmp_path / f"train_data_batch_{i + 1}.npz", data=a, labels=np.zeros(5))
     cfg = load_config("imagenet32", [f"data.root={tmp_path}", "train.batch=8", "train.workers=1"])
     ds = build_dataset(cfg)
-    assert len(ds) == 10
+    assert len(ds) == 20  # 10 images and their mirrors (the preset flips, as the authors)
     x = ds.batch(np.array([7]))
     assert np.allclose(x[0].numpy(), arrays[1][2].reshape(3, 32, 32) / 127.5 - 1, atol=1e-6)
     np.savez(tmp_path / "train_data_batch_3.npz", data=np.zeros((2, 100), np.uint8))
