@@ -794,6 +794,45 @@ def _pick_local_cluster() -> str:
     )
 
 
+def _status_table(s: dict) -> None:
+    """One run's live numbers, from its coupling service's stats."""
+
+    def num(key, fmt="{:.2f}"):
+        return fmt.format(s[key]) if s.get(key) is not None else "-"
+
+    title = f"run {s.get('run_dir') or s['run']}"
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [
+        ("coupling", f"{s['kind']}, {plural(s['world'], 'worker')}"),
+        ("step", str(s["step"]) if s.get("phase", "training") == "training" else s["phase"]),
+        ("steps/s", num("steps_per_s")),
+        ("loss", num("loss", "{:.4f}")),
+        (
+            "pair cost before -> after solve",
+            f"{num('cost_pre', '{:.4f}')} -> {num('cost_post', '{:.4f}')}",
+        ),
+        (
+            "cost trend (per 50 solves)",
+            " ".join(f"{c:.3f}" for c in (s.get("cost_trend") or [])[-5:]) or "-",
+        ),
+        ("solve latency", f"{num('solve_ms', '{:.2f}')} ms"),
+        ("worker wait", f"{num('wait_ms', '{:.2f}')} ms"),
+        ("queue depth", str(s["queue_depth"])),
+        (
+            "workers (nodes)",
+            f"{len(s.get('workers', []))} ({plural(_node_count(s), 'node')})",
+        ),
+        ("service restarts", str(s["restarts"])),
+    ]
+    if s.get("problem"):
+        rows.append(("problem", s["problem"]))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 @app.command("status")
 def status_cmd(
     address: str = typer.Option(
@@ -845,40 +884,7 @@ def status_cmd(
             continue
         shown += 1
 
-        def num(key, fmt="{:.2f}", s=s):
-            return fmt.format(s[key]) if s.get(key) is not None else "-"
-
-        title = f"run {s.get('run_dir') or s['run']}"
-        table = Table(title=title, show_header=False, title_justify="left")
-        table.add_column("what")
-        table.add_column("value", justify="right")
-        rows = [
-            ("coupling", f"{s['kind']}, {plural(s['world'], 'worker')}"),
-            ("step", str(s["step"]) if s.get("phase", "training") == "training" else s["phase"]),
-            ("steps/s", num("steps_per_s")),
-            ("loss", num("loss", "{:.4f}")),
-            (
-                "pair cost before -> after solve",
-                f"{num('cost_pre', '{:.4f}')} -> {num('cost_post', '{:.4f}')}",
-            ),
-            (
-                "cost trend (per 50 solves)",
-                " ".join(f"{c:.3f}" for c in (s.get("cost_trend") or [])[-5:]) or "-",
-            ),
-            ("solve latency", f"{num('solve_ms', '{:.2f}')} ms"),
-            ("worker wait", f"{num('wait_ms', '{:.2f}')} ms"),
-            ("queue depth", str(s["queue_depth"])),
-            (
-                "workers (nodes)",
-                f"{len(s.get('workers', []))} ({plural(_node_count(s), 'node')})",
-            ),
-            ("service restarts", str(s["restarts"])),
-        ]
-        if s.get("problem"):
-            rows.append(("problem", s["problem"]))
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        _status_table(s)
     if mine and not shown:
         console.print(f"run {mine} is not active on this cluster", markup=False)
         raise typer.Exit(code=1)
@@ -967,15 +973,19 @@ def evaluate_cmd(
         earlier = len(read_results(folder / f"{stem}.json"))
         pq_path, json_path = write_results(rows, folder, stem, keep=True)
     title = f"{cfg.name} step {step}: {evaluator.note}, n={count}, ref={evaluator.split}"
+    _eval_table(title, rows)
+    kept = len(read_results(json_path)) - len(rows)
+    also = f" (beside {plural(kept, 'earlier row')})" if kept and earlier else ""
+    console.print(f"wrote {pq_path} and {json_path}{also}", markup=False)
+
+
+def _eval_table(title: str, rows) -> None:
     table = Table(title=title)
     for col in ("sampler", "NFE", rows[0].metric, "seconds"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r.method, f"{r.nfe:g}", f"{r.value:.4f}", f"{r.seconds:.1f}")
     console.print(table)
-    kept = len(read_results(json_path)) - len(rows)
-    also = f" (beside {plural(kept, 'earlier row')})" if kept and earlier else ""
-    console.print(f"wrote {pq_path} and {json_path}{also}", markup=False)
 
 
 def _evaluate_here(model, cfg, names, count, evaluator, dev):
