@@ -45,14 +45,16 @@ def ray_session():
 CLI_ENV = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "COLUMNS": "300"}
 
 
-def loomray_cli(*args: str, timeout: float = 180, **kw) -> subprocess.CompletedProcess:
+def loomray_cli(
+    *args: str, timeout: float = 180, env: dict | None = None, **kw
+) -> subprocess.CompletedProcess:
     """A `loomray` command in a process of its own, as a user in another terminal
     (wide output, so sentences are not wrapped)."""
     return subprocess.run(
         [sys.executable, "-m", "loomray", *args],
         capture_output=True,
         text=True,
-        env=CLI_ENV,
+        env=env or CLI_ENV,
         timeout=timeout,
         **kw,
     )

@@ -11,11 +11,11 @@ sizes (loomray.bench.sweep.caches_shape).
 import json
 import os
 import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import loomray_cli
 
 from loomray.bench.fake_cluster import fake_gpu_cluster
 from loomray.bench.sweep import caches_shape
@@ -35,15 +35,7 @@ def cluster():
 
 
 def _loomray(*args, cwd=None, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "loomray", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        cwd=cwd,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    return loomray_cli(*args, cwd=cwd, timeout=timeout, env=ENV, stdin=subprocess.DEVNULL)
 
 
 def test_train_in_the_gpu_shape_on_a_cluster_with_no_gpu_node_yet(cluster, tmp_path):
