@@ -137,12 +137,20 @@ def run_dir_of(checkpoint_file: str | os.PathLike) -> Path:
 def latest_step(run_dir: str | os.PathLike) -> int | None:
     """The step of a run dir's latest readable checkpoint (read memory-mapped, so cheap
     for large models; a half-copied one, e.g. cut by Ctrl-C, is passed over), or None."""
+    found = _latest_readable(run_dir)
+    return int(found[1]["step"]) if found is not None else None
+
+
+def _latest_readable(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+    """A run dir's latest checkpoint that reads (memory-mapped) and has a step, and its
+    contents; a half-copied one is passed over, as Ray Train does."""
     for path in _run_checkpoints(Path(run_dir) / "train"):
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            return int(ckpt["step"])
-        except (OSError, KeyError, RuntimeError, pickle.UnpicklingError):
+            int(ckpt["step"])
+        except (OSError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError):
             continue
+        return path, ckpt
     return None
 
 
@@ -153,20 +161,16 @@ def check_loom_table(cfg: Config, run_dir: str | os.PathLike) -> None:
     """Refuse to resume a LOOM run whose latest checkpoint lost its table: LOOM would
     silently start its assignment over. A checkpoint imported from a release has none
     by nature (it says ``imported_from``), and there LOOM does start afresh."""
-    if cfg.coupling.kind != "loom":
+    found = _latest_readable(run_dir) if cfg.coupling.kind == "loom" else None
+    if found is None:
         return
-    for path in _run_checkpoints(Path(run_dir) / "train"):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except (OSError, RuntimeError, pickle.UnpicklingError):
-            continue  # a half-copied one is passed over, as Ray Train does
-        if "imported_from" not in ckpt and not (path.parent / TABLE_FILE).is_file():
-            raise CheckpointError(
-                f"checkpoint {path.parent} of a LOOM run has no {TABLE_FILE}: resuming would "
-                "start the noise assignment over; restore the file, or remove that "
-                "checkpoint folder to resume from an earlier one"
-            )
-        return
+    path, ckpt = found
+    if "imported_from" not in ckpt and not (path.parent / TABLE_FILE).is_file():
+        raise CheckpointError(
+            f"checkpoint {path.parent} of a LOOM run has no {TABLE_FILE}: resuming would "
+            "start the noise assignment over; restore the file, or remove that "
+            "checkpoint folder to resume from an earlier one"
+        )
 
 
 def config_of(ckpt: dict[str, Any]) -> Config:

@@ -970,12 +970,11 @@ def evaluate_cmd(
             fail(str(err))
         stem = f"evaluate-step{step:07d}-{evaluator.split}"
         stem += "-paper" if evaluator.protocol == "paper" else ""
-        earlier = len(read_results(folder / f"{stem}.json"))
         pq_path, json_path = write_results(rows, folder, stem, keep=True)
     title = f"{cfg.name} step {step}: {evaluator.note}, n={count}, ref={evaluator.split}"
     _eval_table(title, rows)
     kept = len(read_results(json_path)) - len(rows)
-    also = f" (beside {plural(kept, 'earlier row')})" if kept and earlier else ""
+    also = f" (beside {plural(kept, 'earlier row')})" if kept else ""
     console.print(f"wrote {pq_path} and {json_path}{also}", markup=False)
 
 

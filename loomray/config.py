@@ -436,7 +436,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 
 PRECISIONS = ("fp32", "bf16")
-NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")  # a folder name: no /, no .., no space
+# a config's or a sweep's name, which names a folder: no /, no .., no space
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def validate(cfg: Config) -> Config:

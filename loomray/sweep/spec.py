@@ -7,7 +7,6 @@ problem is a `SweepError` whose message names the key and says how to fix it.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -17,6 +16,7 @@ from typing import Any
 import yaml
 
 from loomray.config import (
+    NAME,
     Config,
     ConfigError,
     flatten_dotted,
@@ -54,7 +54,6 @@ RESOURCES = {
     "gpus_per_worker": "train.gpus_per_worker",
 }
 DEFAULT_STORAGE = "runs/sweeps"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 SWEEP_KEEPS = 2  # checkpoints each of a sweep's trainings keeps, unless overridden
 
@@ -275,7 +274,7 @@ def _parse_name(raw: dict[str, Any], source: str) -> str:
     default_name = Path(source).stem if source.endswith((".yaml", ".yml")) else "sweep"
     name = raw.get("name", default_name)
     _need(
-        isinstance(name, str) and bool(_NAME.match(name)),
+        isinstance(name, str) and NAME.fullmatch(name) is not None,
         f"{source}: name must be letters, digits, '.', '_' or '-', got {name!r}",
     )
     return name
