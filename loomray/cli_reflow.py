@@ -296,9 +296,14 @@ def bench_reflow_cmd(
     sampler: str = typer.Option("rk4-8", help=SAMPLER_HELP),
     n: int = typer.Option(None, help="Samples per score (default: eval.n)."),
     out: str = typer.Option("bench-reflow", help="Folder for runs, the table and the plot."),
+    kinds: str = typer.Option(
+        "independent,minibatch-ot,loom", help="Couplings to compare, comma-separated."
+    ),
 ) -> None:
-    """Reflow from independent, minibatch-OT and LOOM models alike: FID before and after."""
+    """Reflow from independent, minibatch-OT and LOOM models alike: FID before and after,
+    the FID of the pairs themselves (the floor) and the final reflow loss."""
 
+    from loomray.bench.quality import KINDS
     from loomray.bench.reflow import run_reflow_study
     from loomray.data import DatasetError
     from loomray.evaluate import EvaluationError
@@ -310,13 +315,23 @@ def bench_reflow_cmd(
     folder = _path_or_fail(folder_to_write, out, "--out")
     if min(seeds, pairs, steps) < 1:
         fail(f"--seeds, --pairs and --steps must be at least 1, got {seeds}, {pairs}, {steps}")
+    chosen = tuple(k.strip() for k in kinds.split(",") if k.strip())
+    if not chosen or set(chosen) - set(KINDS) or len(set(chosen)) < len(chosen):
+        fail(f"--kinds takes distinct couplings among {', '.join(KINDS)}, got {kinds!r}")
     count = n or cfg.eval.n
     keep_results(folder, "reflow.json")
     with locked_or_fail(folder, "output folder"):
         try:
             runs = run_reflow_study(
-                cfg, seeds, pairs, steps, sampler, folder, count,
+                cfg,
+                seeds,
+                pairs,
+                steps,
+                sampler,
+                folder,
+                count,
                 log=lambda line: console.print(line, markup=False),
+                kinds=chosen,
             )
         except (EvaluationError, DatasetError, PairsError, ReflowError) as err:
             fail(str(err))
@@ -327,16 +342,21 @@ def _reflow_study_outputs(folder, cfg, runs, seeds, pairs, steps, sampler, count
     """The table, reflow.json and the plot of `bench reflow`."""
     import json
 
-    from loomray.bench.reflow import KINDS, METHODS, plot_reflow, summarize
+    from loomray.bench.reflow import METHODS, plot_reflow, summarize
 
     summary = summarize(runs)
     table = Table(title=f"{cfg.name}: FID before -> after reflow (mean ± std, {seeds} seeds)")
     table.add_column("sampler")
-    for kind in KINDS:
+    for kind in summary:
         table.add_column(kind, justify="right")
     for m in METHODS:
-        cells = [summary[k][m] for k in KINDS]
+        cells = [summary[k][m] for k in summary]
         table.add_row(m, *(f"{b:.2f} ± {bs:.2f} -> {a:.2f} ± {as_:.2f}" for b, bs, a, as_ in cells))
+    table.add_row(
+        f"pairs ({sampler})",
+        *(f"{summary[k]['pairs'][0]:.2f} ± {summary[k]['pairs'][1]:.2f}" for k in summary),
+    )
+    table.add_row("reflow loss", *(f"{summary[k]['loss'][0]:.4f}" for k in summary))
     console.print(table)
     (folder / "reflow.json").write_text(
         json.dumps(

@@ -50,4 +50,18 @@ def test_bench_reflow_reflows_every_coupling_and_writes_table_and_plot(tmp_path)
     for run in report["runs"]:
         assert set(run["before"]) == set(run["after"]) == {"euler-1", "euler-2", "midpoint-1"}
         assert run["before"] != run["after"] and run["pairs_nfe"] == 32  # rk4-8
+        assert run["pairs_fid"] > 0 and run["reflow_loss"] > 0
+    assert "pairs (rk4-8)" in result.output and "reflow loss" in result.output
     assert (out / "reflow.png").stat().st_size > 10_000
+
+
+def test_bench_reflow_compares_the_chosen_couplings_only(tmp_path):
+    out = tmp_path / "r"
+    args = ["bench", "reflow", "--config", "digits", "train.steps=20", "model.hidden=32"]
+    args += ["--seeds", "1", "--pairs", "200", "--steps", "20", "--n", "100", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--kinds", "loom"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "reflow.json").read_text())
+    assert [r["kind"] for r in report["runs"]] == ["loom"]
+    bad = CliRunner().invoke(app, [*args, "--kinds", "loom,exact"])
+    assert bad.exit_code == 2 and "--kinds" in bad.output

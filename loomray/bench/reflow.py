@@ -42,6 +42,8 @@ class ReflowRun:
     after: dict[str, float]
     pairs_nfe: float
     seconds: float
+    pairs_fid: float = float("nan")  # the pairs' own images: the floor reflow can reach
+    reflow_loss: float = float("nan")  # mean loss of the last tenth of the reflow steps
 
 
 def run_reflow_study(
@@ -53,16 +55,18 @@ def run_reflow_study(
     folder: Path,
     n: int,
     log=print,
+    kinds: tuple[str, ...] = KINDS,
 ) -> list[ReflowRun]:
-    """Every (seed, coupling): train, score, make pairs, reflow, score. One thread
-    (torch and BLAS): the model is small and two threads fight over two cores."""
+    """Every (seed, coupling): train, score, make pairs, score the pairs' images (the
+    floor), reflow, score. One thread (torch and BLAS): the model is small and two
+    threads fight over two cores."""
     torch.set_num_threads(1)
     with threadpool_limits(limits=1):
         evaluator = make_evaluator(cfg)
         preset = reflow_preset(cfg)
         runs = []
         for seed in range(seeds):
-            for kind in KINDS:
+            for kind in kinds:
                 start = time.perf_counter()
                 home = folder / f"{kind}-seed{seed}"
                 base = replace(
@@ -77,10 +81,9 @@ def run_reflow_study(
                 payload = load_checkpoint(ckpt)
                 manifest = plan_pairs(payload, pairs, sampler, seed=seed)
                 generate_pairs(payload, home / "pairs", manifest, 0)
+                floor = pairs_score(home / "pairs", n, evaluator)
                 extra = [f"train.steps={steps}", f"train.seed={seed}", "train.workers=1"]
-                reflowed = train_local(
-                    reflow_config(base, ckpt, home / "pairs", preset, extra)
-                )
+                reflowed = train_local(reflow_config(base, ckpt, home / "pairs", preset, extra))
                 after = evaluate_model(reflowed.state.ema.model, base, METHODS, n, evaluator)
                 run = ReflowRun(
                     kind,
@@ -89,25 +92,49 @@ def run_reflow_study(
                     {r.method: r.value for r in after},
                     mean_nfe(home / "pairs", manifest),
                     time.perf_counter() - start,
+                    floor,
+                    tail_loss(reflowed.history.losses),
                 )
                 runs.append(run)
                 log(
                     f"seed {seed} {kind:>12}: "
                     + "  ".join(f"{m} {run.before[m]:.2f} -> {run.after[m]:.2f}" for m in METHODS)
+                    + f"  pairs {floor:.2f}  reflow loss {run.reflow_loss:.4f}"
                 )
         return runs
 
 
+def pairs_score(folder: Path, n: int, evaluator) -> float:
+    """The score of the first ``n`` generated images of a pairs folder: what a reflowed
+    model that fit its pairs exactly would reach."""
+    from loomray.pairs import PairsDataset
+
+    pairs = PairsDataset(folder)
+    return evaluator.score(pairs.items(np.arange(min(n, pairs.n_items))))
+
+
+def tail_loss(losses: list[float]) -> float:
+    """The mean loss of the last tenth of a run's steps."""
+    tail = losses[-max(1, len(losses) // 10) :]
+    return float(np.mean(tail)) if tail else float("nan")
+
+
 def summarize(runs: list[ReflowRun]) -> dict[str, dict[str, tuple[float, float, float, float]]]:
-    """kind -> method -> (before mean, before std, after mean, after std) over seeds."""
+    """kind -> method -> (before mean, before std, after mean, after std) over seeds, and
+    kind -> "pairs" and "loss" -> (mean, std) for the pairs' floor and the reflow loss."""
     out = {}
-    for kind in KINDS:
+    for kind in dict.fromkeys(r.kind for r in runs):
         mine = [r for r in runs if r.kind == kind]
         out[kind] = {}
         for m in METHODS:
             b = [r.before[m] for r in mine]
             a = [r.after[m] for r in mine]
             out[kind][m] = tuple(float(f(v)) for v in (b, a) for f in (np.mean, np.std))
+        for key, values in (
+            ("pairs", [r.pairs_fid for r in mine]),
+            ("loss", [r.reflow_loss for r in mine]),
+        ):
+            out[kind][key] = (float(np.mean(values)), float(np.std(values)))
     return out
 
 
@@ -119,9 +146,10 @@ def plot_reflow(summary, metric: str, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(METHODS), figsize=(4 * len(METHODS), 3.6), dpi=110)
-    x = np.arange(len(KINDS))
+    kinds = list(summary)
+    x = np.arange(len(kinds))
     for ax, m in zip(axes, METHODS, strict=True):
-        stats = [summary[k][m] for k in KINDS]
+        stats = [summary[k][m] for k in kinds]
         for shift, mean, std, label, color in (
             (-0.2, 0, 1, "before", "#bbbbbb"),
             (0.2, 2, 3, "after reflow", "#3b75af"),
@@ -135,7 +163,7 @@ def plot_reflow(summary, metric: str, path: Path, title: str) -> Path:
                 capsize=3,
                 color=color,
             )
-        ax.set_xticks(x, KINDS)
+        ax.set_xticks(x, kinds)
         ax.set_title(m)
         ax.set_ylabel(metric.upper())
     axes[0].legend()
