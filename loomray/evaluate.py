@@ -6,10 +6,10 @@ Which metric a config gets:
   (``inception-v3-compat``). Its weights come from ``--fid-weights PATH`` or
   ``$LOOMRAY_FID_WEIGHTS``; failing both, torch-fidelity downloads them, and if
   that fails too the error says how to supply them.
-* digits: FID in the feature space of a small classifier trained on the
-  digits themselves (deterministic, cached under ``~/.cache/loomray``, its
-  held-out accuracy reported), registered with torch-fidelity as a feature
-  extractor, so an offline sweep has a real FID objective.
+* digits, mnist: FID in the feature space of a small classifier trained on the
+  set itself (loomray.classifier_fid: deterministic, cached under
+  ``~/.cache/loomray``, its held-out accuracy reported), so an offline sweep has a
+  real FID objective.
 * toy2d: the energy distance between samples and data (exact, no network).
 
 Reference statistics of a dataset split are cached by torch-fidelity under the
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from loomray.classifier_fid import EXTRACTORS, FEATURES, SETS, cache_dir
 from loomray.config import Config
 from loomray.coupling import noise_from_seeds
 from loomray.durable import replacing, write_text
@@ -40,110 +41,12 @@ from loomray.tensor_files import plain_copy
 WEIGHTS_ENV = "LOOMRAY_FID_WEIGHTS"
 PAPER_WEIGHTS_ENV = "LOOMRAY_PAPER_FID_WEIGHTS"  # torchvision's Inception, for protocol paper
 PROTOCOLS = ("standard", "paper")
-DIGITS_EXTRACTOR = "loomray-digits-classifier"
 INCEPTION = "inception-v3-compat"
 EVAL_SEED_OFFSET = 2 * 10**12  # evaluation noise never collides with training seeds
 
 
 class EvaluationError(ValueError):
     """An evaluation cannot run as asked; the message says how to fix it."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LOOMRAY_CACHE", Path.home() / ".cache" / "loomray"))
-
-
-# ---- the digits classifier ----------------------------------------------------
-class DigitsClassifier(nn.Module):
-    """64 pixels -> 128 features -> 10 classes; the features define digits FID."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Linear(64, 256), nn.SiLU(), nn.Linear(256, 128), nn.SiLU())
-        self.head = nn.Linear(128, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x.reshape(len(x), -1)))
-
-
-def train_digits_classifier(seed: int = 0, epochs: int = 60) -> tuple[DigitsClassifier, float]:
-    """Deterministic: fixed seed, fixed split (80/20), full-precision CPU training."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.from_numpy(digits.images.astype(np.float32) / 16.0 * 2.0 - 1.0).reshape(-1, 64)
-    y = torch.from_numpy(digits.target.astype(np.int64))
-    order = np.random.default_rng(seed).permutation(len(x))
-    split = int(0.8 * len(x))
-    train, test = order[:split], order[split:]
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = DigitsClassifier()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(epochs):
-        perm = torch.from_numpy(train)[torch.randperm(len(train), generator=gen)]
-        for i in range(0, len(perm), 64):
-            idx = perm[i : i + 64]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        accuracy = float((model(x[test]).argmax(1) == y[test]).float().mean())
-    return model.eval(), accuracy
-
-
-def digits_classifier() -> tuple[DigitsClassifier, float]:
-    """The cached classifier and its held-out accuracy (trained on first use)."""
-    path = cache_dir() / "digits-classifier.pt"
-    if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = DigitsClassifier()
-        model.load_state_dict(state["model"])
-        return model.eval(), float(state["accuracy"])
-    model, accuracy = train_digits_classifier()
-    with replacing(path) as tmp:
-        torch.save({"model": model.state_dict(), "accuracy": accuracy}, tmp)
-    return model, accuracy
-
-
-def _register_digits_extractor() -> None:
-    import torch_fidelity
-    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-    if DIGITS_EXTRACTOR in FEATURE_EXTRACTORS_REGISTRY:
-        return
-
-    class DigitsFeatures(FeatureExtractorBase):
-        def __init__(self, name, features_list, **kwargs):
-            super().__init__(name, features_list)
-            self.net, _ = digits_classifier()
-            self.requires_grad_(False)
-
-        @staticmethod
-        def get_provided_features_list():
-            return ("128", "logits")
-
-        @staticmethod
-        def get_default_feature_layer_for_metric(metric):
-            return "128"
-
-        @staticmethod
-        def can_be_compiled():
-            return False
-
-        @staticmethod
-        def get_dummy_input_for_compile():
-            return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
-
-        def forward(self, x):
-            x = x.float() / 127.5 - 1.0
-            feats = self.net.features(x.reshape(len(x), -1))
-            out = {"128": feats, "logits": self.net.head(feats)}
-            return tuple(out[name] for name in self.features_list)
-
-    torch_fidelity.register_feature_extractor(DIGITS_EXTRACTOR, DigitsFeatures)
 
 
 # ---- metrics -------------------------------------------------------------------
@@ -185,7 +88,7 @@ class Evaluator:
         if self._model is None:
             from torch_fidelity.utils import create_feature_extractor
 
-            layer = "128" if self.extractor == DIGITS_EXTRACTOR else "2048"
+            layer = str(self.feature_dim)
             cuda = torch.device(self.device).type == "cuda"  # "cuda:1" too
             try:
                 if self.weights:  # torch-fidelity unpickles a path fully: give it a plain copy
@@ -262,7 +165,7 @@ class Evaluator:
     @property
     def feature_dim(self) -> int:
         """The width of the features FID compares (a share's sums are this wide)."""
-        return 128 if self.extractor == DIGITS_EXTRACTOR else 2048
+        return FEATURES if self.extractor in EXTRACTORS else 2048
 
     def reference_sums(self) -> FeatureSums:
         """The reference split's feature sums, computed once and cached on disk."""
@@ -358,7 +261,7 @@ def make_evaluator(
         raise EvaluationError(f"--ref must be train or test, got {split!r}")
     if protocol not in PROTOCOLS:
         raise EvaluationError(f"--protocol must be {' or '.join(PROTOCOLS)}, got {protocol!r}")
-    if protocol == "paper" and cfg.data.name in ("digits", "toy2d"):
+    if protocol == "paper" and (cfg.data.name in SETS or cfg.data.name == "toy2d"):
         raise EvaluationError(
             f"the paper's FID protocol is Inception FID of RGB images, not for {cfg.data.name}"
         )
@@ -379,16 +282,18 @@ def make_evaluator(
         return Evaluator("energy", reference, device=device, note="energy distance to data")
     digest = hashlib.sha256(reference.numpy().tobytes()).hexdigest()[:12]
     cache_name = f"loomray-{cfg.data.name}-{split}-{len(reference)}-{digest}"
-    if cfg.data.name == "digits":
-        _register_digits_extractor()
-        _, accuracy = digits_classifier()
+    if cfg.data.name in SETS:
+        from loomray.classifier_fid import classifier, register_extractor
+
+        extractor = register_extractor(cfg.data.name)
+        _, accuracy = classifier(cfg.data.name)
         return Evaluator(
             "fid",
             reference,
-            DIGITS_EXTRACTOR,
+            extractor,
             cache_name=cache_name,
             device=device,
-            note=f"digits-classifier FID (held-out accuracy {100 * accuracy:.1f}%)",
+            note=f"{cfg.data.name}-classifier FID (held-out accuracy {100 * accuracy:.1f}%)",
         )
     weights = _weights_file(fid_weights, protocol)
     if reference.shape[1] != 3:
@@ -457,9 +362,10 @@ def _share_evaluator(
     cfg = real_data_config(cfg)
     if cfg.data.name == "toy2d":
         return Evaluator("energy", empty, device=device)
-    if cfg.data.name == "digits":
-        _register_digits_extractor()
-        return Evaluator("fid", empty, DIGITS_EXTRACTOR, device=device)
+    if cfg.data.name in SETS:
+        from loomray.classifier_fid import register_extractor
+
+        return Evaluator("fid", empty, register_extractor(cfg.data.name), device=device)
     if cfg.data.channels != 3:
         raise EvaluationError(
             f"Inception FID needs RGB images, {cfg.data.name} has {cfg.data.channels} channels"
@@ -507,6 +413,20 @@ def eval_noise(cfg: Config, lo: int, hi: int, device: str | torch.device) -> tor
     """The fixed evaluation noise of samples ``lo..hi-1`` (the same on every worker)."""
     seeds = np.arange(lo, hi) + EVAL_SEED_OFFSET
     return torch.from_numpy(noise_from_seeds(seeds, cfg.sample_shape)).to(device)
+
+
+def method_names(methods: str | None, cfg: Config) -> list[str]:
+    """The samplers a ``--methods`` option names (comma-separated), else the config's
+    eval.methods; EvaluationError for an empty list or an unknown sampler."""
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else []
+    if methods is not None and not names:
+        raise EvaluationError("--methods names no sampler (e.g. --methods euler-1,dopri5)")
+    for name in names:
+        try:
+            parse_method(name)
+        except ValueError as err:
+            raise EvaluationError(f"--methods: {err}") from err
+    return names or list(cfg.eval.methods)
 
 
 def with_precision(cfg: Config, precision: str | None) -> Config:

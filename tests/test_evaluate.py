@@ -25,8 +25,10 @@ def private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("LOOMRAY_FID_WEIGHTS", raising=False)
 
 
-def test_digits_fid_is_zero_on_itself_and_monotone_in_corruption():
-    ev = make_evaluator(load_config("digits"))
+@pytest.mark.parametrize("preset", ["digits", "mnist"])
+def test_classifier_fid_is_zero_on_itself_and_monotone_in_corruption(preset):
+    ev = make_evaluator(load_config(preset))
+    assert ev.extractor == f"loomray-{preset}-classifier"
     assert "accuracy" in ev.note
     accuracy = float(ev.note.split("accuracy ")[1].split("%")[0])
     assert accuracy > 90
@@ -35,7 +37,7 @@ def test_digits_fid_is_zero_on_itself_and_monotone_in_corruption():
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(data.shape, generator=gen)
     scores = [ev.score((data + s * noise).clamp(-1, 1)) for s in (0.05, 0.2, 0.5, 1.0)]
-    print("digits FID under noise 0.05/0.2/0.5/1.0:", [round(x, 2) for x in scores])
+    print(f"{preset} FID under noise 0.05/0.2/0.5/1.0:", [round(x, 2) for x in scores])
     assert scores[0] > 0.1 and all(a < b for a, b in zip(scores, scores[1:], strict=False))
 
 
@@ -136,3 +138,18 @@ def test_sampling_runs_in_fp32_unless_asked_whatever_training_ran_in():
     assert sampling_in_bf16(asked, "cuda") and not sampling_in_bf16(asked, "cpu")
     with pytest.raises(EvaluationError, match="--precision must be fp32 or bf16"):
         with_precision(trained_bf16, "fp16")
+
+
+def test_mnist_is_mnist_5k_and_its_preset_trains_and_scores():
+    from loomray.data import build_dataset, mnist_5k
+
+    images, labels = mnist_5k()
+    assert images.shape == (5000, 1, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [500] * 10 and images.max() == 255
+    cfg = load_config("mnist", ["train.steps=2", "train.batch=16", "data.limit=64"])
+    assert len(build_dataset(cfg)) == 64
+    run = train_local(cfg)
+    rows = evaluate_model(run.state.ema.model, cfg, ["euler-1"], 32, make_evaluator(cfg))
+    assert rows[0].metric == "fid" and rows[0].value > 0
+    with pytest.raises(Exception, match="MNIST is 1x28x28"):
+        build_dataset(load_config("mnist", ["data.resolution=32"]))
