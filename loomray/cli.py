@@ -925,6 +925,7 @@ def evaluate_cmd(
     from loomray.evaluate import (
         EvaluationError,
         make_evaluator,
+        method_names,
         read_results,
         weights_state,
         with_precision,
@@ -945,10 +946,7 @@ def evaluate_cmd(
         payload = load_checkpoint(ckpt)
         cfg, model = ema_model_of(payload)
         cfg = with_precision(cfg, precision)
-        names = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else []
-        if methods is not None and not names:
-            raise EvaluationError("--methods names no sampler (e.g. --methods euler-1,dopri5)")
-        names = names or list(cfg.eval.methods)
+        names = method_names(methods, cfg)
         count = n if n is not None else cfg.eval.n
         if count < 2:
             raise EvaluationError(f"--n must be at least 2, got {count}")
@@ -1200,10 +1198,9 @@ def bench_quality_cmd(
 ) -> None:
     """Independent vs minibatch-OT vs LOOM: same model, steps and seeds; quality per NFE."""
 
-
-    from loomray.bench.quality import METHODS, run_quality
+    from loomray.bench.quality import run_quality
     from loomray.data import DatasetError
-    from loomray.evaluate import EvaluationError
+    from loomray.evaluate import EvaluationError, method_names
     from loomray.paths import folder_to_write
 
     extra = list(overrides or []) + ([f"train.steps={steps}"] if steps else [])
@@ -1215,13 +1212,16 @@ def bench_quality_cmd(
     with locked_or_fail(folder, "output folder"):
         try:
             runs, global_pair, metric = run_quality(
-                cfg, seeds, METHODS, n, log=lambda line: console.print(line)
+                cfg, seeds, names, n, log=lambda line: console.print(line)
             )
         except (EvaluationError, DatasetError) as err:
             fail(str(err))
         _quality_table(cfg, seeds, runs, metric, global_pair)
         _write_quality(folder, cfg, seeds, runs, metric, global_pair)
 
+    methods: str = typer.Option(
+        None, help="Samplers to score, comma-separated (default: the config's eval.methods)."
+    ),
 
 def keep_results(folder: Path, name: str) -> None:
     """Refuse an --out folder that holds an earlier benchmark's results: they took
@@ -1236,9 +1236,14 @@ def keep_results(folder: Path, name: str) -> None:
 def _quality_table(cfg, seeds: int, runs, metric: str, global_pair: float) -> None:
     import numpy as np
 
-    from loomray.bench.quality import KINDS, METHODS, summarize
+    try:
+        names = method_names(methods, cfg)
+    except EvaluationError as err:
+        fail(str(err))
+    from loomray.bench.quality import KINDS, summarize
 
-    summary = summarize(runs)
+    methods = list(runs[0].scores)
+    summary = summarize(runs, methods)
     table = Table(
         title=f"{cfg.name}: {metric.upper()} (mean ± std over {seeds} seeds), "
         f"{cfg.train.steps} steps"
@@ -1246,7 +1251,7 @@ def _quality_table(cfg, seeds: int, runs, metric: str, global_pair: float) -> No
     table.add_column("sampler (NFE)")
     for kind in KINDS:
         table.add_column(kind, justify="right")
-    for m in METHODS:
+    for m in methods:
         nfe = np.mean([r.nfe[m] for r in runs])
         table.add_row(
             f"{m} ({nfe:.0f})", *(f"{summary[k][m][0]:.3f} ± {summary[k][m][1]:.3f}" for k in KINDS)
@@ -1274,7 +1279,7 @@ def _write_quality(folder: Path, cfg, seeds: int, runs, metric: str, global_pair
         )
     )
     plot = plot_quality(
-        summarize(runs),
+        summarize(runs, list(runs[0].scores)),
         runs,
         metric,
         folder / "quality.png",
