@@ -1023,10 +1023,14 @@ def bench_coupling_cmd(
     batch: int = typer.Option(128, help="Global batch solved per step."),
     dim: int = typer.Option(3072, help="Values per sample (3x32x32 = 3072)."),
     steps: int = typer.Option(300, help="Timed solves."),
-    threads: int = typer.Option(1, help="BLAS threads (the service runs on one core)."),
+    threads: int = typer.Option(1, help="Threads for noise and costs (coupling.service_cpus)."),
+    solver: str = typer.Option("lapjv", help="Assignment solver: lapjv (used) or scipy."),
+    data: str = typer.Option("random", help="random, or mnist: image rows (at most 5000)."),
+    warmup: int = typer.Option(10, help="Untimed solves first (let an image table settle)."),
 ) -> None:
     """Solves per second of the LOOM coupling and where the time goes."""
     from loomray.bench.coupling import PARTS, bench_coupling
+    from loomray.coupling.ot import SOLVERS
 
     for name, value in (
         ("rows", rows),
@@ -1040,9 +1044,23 @@ def bench_coupling_cmd(
             fail(f"--{name} must be at least 1, got {value}")
     if batch > rows:
         fail(f"--batch ({batch}) cannot exceed --rows ({rows})")
+    if solver not in SOLVERS:
+        fail(f"--solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    if data not in ("random", "mnist"):
+        fail(f"--data must be random or mnist, got {data!r}")
+    if warmup < 0:
+        fail(f"--warmup must be at least 0, got {warmup}")
     with console.status("timing LOOM solves..."):
-        r = bench_coupling(rows, caches, batch, dim, steps, threads=threads)
-    console.print(f"LOOM coupling: rows={r.rows} K={r.caches} batch={r.batch} dim={r.dim}")
+        try:
+            r = bench_coupling(
+                rows, caches, batch, dim, steps, warmup, threads, solver=solver, data=data
+            )
+        except ValueError as err:
+            fail(str(err))
+    console.print(
+        f"LOOM coupling: rows={r.rows} K={r.caches} batch={r.batch} dim={r.dim} "
+        f"data={r.data} solver={r.solver} (timed after {r.warmup} solves)"
+    )
     table = Table()
     table.add_column("part")
     table.add_column("ms / solve", justify="right")
@@ -1054,6 +1072,13 @@ def bench_coupling_cmd(
     console.print(table)
     console.print(
         f"[bold]{r.solves_per_s:.1f} solves/s[/] on {r.threads} thread(s), {r.steps} steps"
+    )
+    from loomray.coupling.wire import wire_bytes
+
+    floats, packed = wire_bytes(r.batch, r.dim, 1)
+    console.print(
+        f"bytes per step through the service: {floats / 1e6:.1f} MB as float32 batch and "
+        f"noise, {packed / 1e6:.2f} MB as uint8 images and seeds ({floats / packed:.1f}x fewer)"
     )
 
 
@@ -1195,6 +1220,9 @@ def bench_quality_cmd(
     steps: int = typer.Option(None, help="Training steps of every run (default: the config's)."),
     n: int = typer.Option(None, help="Samples per score (default: eval.n)."),
     out: str = typer.Option("bench-quality", help="Folder for the table (JSON) and the plot."),
+    methods: str = typer.Option(
+        None, help="Samplers to score, comma-separated (default: the config's eval.methods)."
+    ),
 ) -> None:
     """Independent vs minibatch-OT vs LOOM: same model, steps and seeds; quality per NFE."""
 
@@ -1208,6 +1236,10 @@ def bench_quality_cmd(
     folder = _path_or_fail(folder_to_write, out, "--out")
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
+    try:
+        names = method_names(methods, cfg)
+    except EvaluationError as err:
+        fail(str(err))
     keep_results(folder, "quality.json")
     with locked_or_fail(folder, "output folder"):
         try:
@@ -1219,9 +1251,6 @@ def bench_quality_cmd(
         _quality_table(cfg, seeds, runs, metric, global_pair)
         _write_quality(folder, cfg, seeds, runs, metric, global_pair)
 
-    methods: str = typer.Option(
-        None, help="Samplers to score, comma-separated (default: the config's eval.methods)."
-    ),
 
 def keep_results(folder: Path, name: str) -> None:
     """Refuse an --out folder that holds an earlier benchmark's results: they took
@@ -1236,10 +1265,6 @@ def keep_results(folder: Path, name: str) -> None:
 def _quality_table(cfg, seeds: int, runs, metric: str, global_pair: float) -> None:
     import numpy as np
 
-    try:
-        names = method_names(methods, cfg)
-    except EvaluationError as err:
-        fail(str(err))
     from loomray.bench.quality import KINDS, summarize
 
     methods = list(runs[0].scores)

@@ -21,11 +21,27 @@ def test_bench_coupling_small():
         assert part in result.output
 
 
+def test_bench_coupling_on_settled_image_rows_with_both_solvers_and_threads():
+    args = ["bench", "coupling", "--data", "mnist", "--rows", "300", "--caches", "1"]
+    args += ["--batch", "100", "--warmup", "9", "--steps", "3", "--threads", "2"]
+    for solver in ("lapjv", "scipy"):
+        result = runner.invoke(app, [*args, "--solver", solver])
+        assert result.exit_code == 0, result.output
+        assert f"data=mnist solver={solver}" in result.output and "on 2 thread(s)" in result.output
+        assert "8.0x fewer" in result.output  # uint8 images and seeds against floats
+
+
 def test_bench_coupling_bad_input_is_one_sentence():
-    result = runner.invoke(app, ["bench", "coupling", "--rows", "10", "--batch", "20"])
-    assert result.exit_code == 2
-    assert "cannot exceed" in result.output
-    assert "Traceback" not in result.output
+    for args, says in (
+        (["--rows", "10", "--batch", "20"], "cannot exceed"),
+        (["--solver", "hungarian"], "--solver must be one of lapjv, scipy"),
+        (["--data", "mnist", "--rows", "6000"], "has 5000 rows, fewer than --rows 6000"),
+        (["--data", "mnist", "--rows", "600", "--dim", "12"], "3072 values, not --dim 12"),
+    ):
+        result = runner.invoke(app, ["bench", "coupling", *args])
+        assert result.exit_code == 2, result.output
+        assert says in result.output
+        assert "Traceback" not in result.output
 
 
 def test_sample_writes_any_number_of_samples_as_an_array(tmp_path):

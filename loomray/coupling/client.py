@@ -1,7 +1,8 @@
 """The workers' side of the coupling service: a ``NoiseSource`` over an actor handle.
 
-``submit`` sends the batch and returns at once (the reply is an ObjectRef);
-``receive`` waits for it. If the service actor dies and Ray restarts it, every
+``submit`` sends the batch (packed: loomray.coupling.wire) and returns at once
+(the reply is an ObjectRef); ``receive`` waits for the seeds and regenerates the
+noise from them. If the service actor dies and Ray restarts it, every
 request still in flight is sent again, oldest first, and training carries on:
 the restarted service rebuilt its table from its journal, so the answers are
 the ones the dead service gave or would have given.
@@ -12,6 +13,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
+from loomray.coupling.noise import noise_from_seeds
+from loomray.coupling.wire import pack
 
 RETRIES = 20
 
@@ -56,8 +60,10 @@ class ServiceNoise:
         # the first submission tells the service which node this rank runs on
         self.info: dict[str, float | str] = {"node": node} if node else {}
         self.resubmits = 0
+        self.threads = 1  # for regenerating the noise: the rank's CPUs, set by the worker
 
     def submit(self, step: int, rows: np.ndarray, x: np.ndarray) -> None:
+        x = pack(x)  # uint8 where that is exact: loomray.coupling.wire
         ref = self.service.submit.remote(step, self.rank, rows, x, self.info or None)
         self.info = {}
         self.inflight[step] = (ref, rows, x)
@@ -76,7 +82,7 @@ class ServiceNoise:
             try:
                 # The service raises its own TimeoutError (later while a rank is busy);
                 # this bound is a backstop that asks whether the service still answers.
-                z = ray.get(ref, timeout=self.timeout_s + 60)
+                seeds = ray.get(ref, timeout=self.timeout_s + 60)
             except GetTimeoutError:
                 if self._answers():
                     continue
@@ -88,8 +94,8 @@ class ServiceNoise:
                 attempt += 1
                 self._resubmit()
                 continue
-            del self.inflight[step]
-            return z
+            shape = self.inflight.pop(step)[2].shape[1:]
+            return noise_from_seeds(seeds, shape, self.threads)
         raise AssertionError("unreachable")
 
     def _answers(self) -> bool:

@@ -73,6 +73,11 @@ class Coupling(ABC):
     """Maps a data minibatch to the noise minibatch it is trained against."""
 
     kind: str
+    threads: int = 1
+    """Threads for the noise and the cost matrix (the service's coupling.service_cpus);
+    the same bits whatever the count."""
+    solver: str = "lapjv"
+    """The exact assignment solver (loomray.coupling.ot.SOLVERS)."""
 
     def __init__(self, cost: Cost = "l2") -> None:
         check_cost(cost)
@@ -100,9 +105,9 @@ class Coupling(ABC):
     ) -> tuple[np.ndarray, CouplingStats]:
         """The optimal re-pairing of ``z`` to ``x`` and its stats (times added to seconds)."""
         t0 = time.perf_counter()
-        c = cost_matrix(x, z, self.cost)
+        c = cost_matrix(x, z, self.cost, self.threads)
         t1 = time.perf_counter()
-        perm = assignment_from_cost(c)
+        perm = assignment_from_cost(c, self.solver)
         seconds.update(cost=t1 - t0, assign=time.perf_counter() - t1)
         idx = np.arange(len(x))
         stats = CouplingStats(
@@ -120,12 +125,12 @@ def _fresh_seeds(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.integers(0, 2**63 - 1, size=n, dtype=np.int64)
 
 
-def _unpaired(x, seeds_of, cost: Cost) -> tuple[np.ndarray, CouplingStats]:
+def _unpaired(x, seeds_of, cost: Cost, threads: int = 1) -> tuple[np.ndarray, CouplingStats]:
     """A step without re-pairing: the noise of ``seeds_of(len(x))``, and its stats."""
     x = np.asarray(x, np.float32)
     t0 = time.perf_counter()
     seeds = seeds_of(len(x))
-    z = noise_from_seeds(seeds, x.shape[1:])
+    z = noise_from_seeds(seeds, x.shape[1:], threads)
     t1 = time.perf_counter()
     c = float(pair_costs(x, z, cost).sum())
     n = len(x)
@@ -145,7 +150,7 @@ class IndependentCoupling(_FreshNoiseCoupling):
     kind = "independent"
 
     def step(self, rows, x, rng):
-        return _unpaired(x, lambda n: _fresh_seeds(rng, n), self.cost)
+        return _unpaired(x, lambda n: _fresh_seeds(rng, n), self.cost, self.threads)
 
 
 class MinibatchOTCoupling(_FreshNoiseCoupling):
@@ -155,7 +160,7 @@ class MinibatchOTCoupling(_FreshNoiseCoupling):
         x = np.asarray(x, np.float32)
         t0 = time.perf_counter()
         seeds = _fresh_seeds(rng, len(x))
-        z = noise_from_seeds(seeds, x.shape[1:])
+        z = noise_from_seeds(seeds, x.shape[1:], self.threads)
         seconds = {"noise": time.perf_counter() - t0}
         perm, stats = self._pair(x, z, np.zeros(len(x), np.int64), seconds)
         stats.seeds = seeds[perm]
@@ -178,7 +183,7 @@ class PairsCoupling(Coupling):
         return self.seeds[rows]
 
     def step(self, rows, x, rng):
-        return _unpaired(x, lambda n: self._seeds(rows), self.cost)
+        return _unpaired(x, lambda n: self._seeds(rows), self.cost, self.threads)
 
     def replay(self, rows, perm, rng):
         return self._seeds(rows)[np.asarray(perm, np.int64)], np.zeros(len(perm), np.int64)
@@ -222,7 +227,7 @@ class LoomCoupling(Coupling):
             raise ValueError("a minibatch must not repeat a table row")
         t0 = time.perf_counter()
         seeds = self.table.seeds[rows, caches]
-        z = noise_from_seeds(seeds, x.shape[1:])
+        z = noise_from_seeds(seeds, x.shape[1:], self.threads)
         seconds = {"noise": time.perf_counter() - t0}
         perm, stats = self._pair(x, z, caches, seconds)
         t0 = time.perf_counter()

@@ -31,6 +31,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -139,19 +140,45 @@ def _fill(seeds, out, kt, w32, w64, ft):
                     out[i, j] = _slow_normal(key, j, draw, kt, w32, w64, ft)
 
 
-def noise_from_seeds(seeds: np.ndarray | Sequence[int], shape: Sequence[int]) -> np.ndarray:
+def noise_from_seeds(
+    seeds: np.ndarray | Sequence[int], shape: Sequence[int], threads: int = 1
+) -> np.ndarray:
     """Standard normal noise, one sample of ``shape`` per seed.
 
-    Returns float32 ``[len(seeds), *shape]``; row i depends on ``seeds[i]`` alone.
+    Returns float32 ``[len(seeds), *shape]``; row i depends on ``seeds[i]`` alone, so
+    ``threads`` > 1 (row blocks filled in parallel; the kernel releases the GIL)
+    gives the same bits.
     """
     seeds = np.ascontiguousarray(seeds, dtype=np.int64).reshape(-1)
     shape = tuple(int(s) for s in shape)
     if any(s <= 0 for s in shape):
         raise ValueError(f"noise shape must be positive, got {shape}")
     out = np.empty((seeds.shape[0], math.prod(shape)), np.float32)
-    if seeds.shape[0]:
-        _fill(seeds.view(np.uint64), out, _K, _W32, _W64, _F)
+    keys = seeds.view(np.uint64)
+    blocks = min(max(1, int(threads)), seeds.shape[0] // 16)
+    if blocks > 1:
+        bounds = np.linspace(0, seeds.shape[0], blocks + 1).astype(int)
+        spans = list(zip(bounds[:-1], bounds[1:], strict=True))
+        list(
+            _pool(blocks).map(
+                lambda span: _fill(keys[span[0] : span[1]], out[span[0] : span[1]], *_TABLES),
+                spans,
+            )
+        )
+    elif seeds.shape[0]:
+        _fill(keys, out, *_TABLES)
     return out.reshape((seeds.shape[0], *shape))
+
+
+_TABLES = (_K, _W32, _W64, _F)
+
+
+@functools.cache
+def _pool(threads: int):
+    """A thread pool per width, kept for the process (the service asks every step)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loom-noise")
 
 
 def ziggurat_checksum() -> str:

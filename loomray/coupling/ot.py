@@ -5,6 +5,13 @@
 ``c`` is the Euclidean distance (``"l2"``, the LOOM-CFM authors' cost) or its
 square (``"sql2"``, the usual OT-CFM cost). The permutation acts on the noise
 side: ``z[perm]`` is the re-paired noise batch, aligned with ``x``.
+
+The solver is ``lap``'s Jonker-Volgenant (``lapjv``), exact like scipy's
+``linear_sum_assignment`` (the same optimal cost, tested, ties included) and far
+faster on LOOM's matrices once the table is near-optimal: measured on 3072-D
+image batches after the table has settled, 2.8 against 31 ms at batch 512 and 157
+against 2687 ms at 2048 (docs/results.md). Where several permutations are optimal
+the two may pick different ones; a run's journal keeps the one it used.
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ from typing import Literal
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from threadpoolctl import threadpool_limits
 
 Cost = Literal["l2", "sql2"]
 COSTS: tuple[str, ...] = ("l2", "sql2")
+SOLVERS: tuple[str, ...] = ("lapjv", "scipy")
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -28,17 +37,19 @@ def check_cost(cost: str) -> None:
         raise ValueError(f"unknown cost {cost!r}; expected one of {', '.join(COSTS)}")
 
 
-def cost_matrix(x: np.ndarray, z: np.ndarray, cost: Cost = "l2") -> np.ndarray:
+def cost_matrix(x: np.ndarray, z: np.ndarray, cost: Cost = "l2", threads: int = 1) -> np.ndarray:
     """``C[i, j] = c(x_i, z_j)`` as float64 [B, B'].
 
     Uses ``|x|^2 + |z|^2 - 2 x.z`` with a matrix product in the inputs' dtype
-    (the dominant work, one GEMM) and float64 for the [B, B] combination.
+    (the dominant work, one GEMM on ``threads`` BLAS threads) and float64 for the
+    [B, B] combination.
     """
     check_cost(cost)
     xf, zf = _flat(x), _flat(z)
     if xf.shape[1] != zf.shape[1]:
         raise ValueError(f"x and z differ in size per sample: {xf.shape[1]} vs {zf.shape[1]}")
-    dot = (xf @ zf.T).astype(np.float64)
+    with threadpool_limits(limits=max(1, int(threads)), user_api="blas"):
+        dot = (xf @ zf.T).astype(np.float64)
     # Norms in the inputs' precision: upcasting the [B, D] inputs costs more
     # than the GEMM itself saves; the [B, B] combination is done in float64.
     xx = np.einsum("ij,ij->i", xf, xf).astype(np.float64)
@@ -47,8 +58,17 @@ def cost_matrix(x: np.ndarray, z: np.ndarray, cost: Cost = "l2") -> np.ndarray:
     return np.sqrt(sq) if cost == "l2" else sq
 
 
-def assignment_from_cost(c: np.ndarray) -> np.ndarray:
+def assignment_from_cost(c: np.ndarray, solver: str = "lapjv") -> np.ndarray:
     """Optimal permutation for a square cost matrix: row i takes column perm[i]."""
+    if solver == "lapjv":
+        import lap
+
+        if c.shape[0] == 0:
+            return np.zeros(0, np.int64)
+        cols = lap.lapjv(np.ascontiguousarray(c, np.float64), return_cost=False)[0]
+        return np.asarray(cols, np.int64)
+    if solver != "scipy":
+        raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
     rows, cols = linear_sum_assignment(c)
     perm = np.empty(c.shape[0], np.int64)
     perm[rows] = cols

@@ -45,10 +45,10 @@ from threadpoolctl import threadpool_limits
 
 from loomray.coupling.couplings import LoomCoupling, make_coupling, step_rng, undo_permutation
 from loomray.coupling.journal import Record
-from loomray.coupling.noise import noise_from_seeds
 from loomray.coupling.recovery import SNAPSHOT_NAME, DurableState, Solved
 from loomray.coupling.table import AssignmentTable
 from loomray.coupling.telemetry import ServiceTelemetry
+from loomray.coupling.wire import decode
 
 __all__ = ["SNAPSHOT_NAME", "UNDO_DEPTH", "CouplingService", "ServiceSpec"]
 
@@ -78,6 +78,8 @@ class ServiceSpec:
     (read by the service itself, so a restarted actor needs no arguments kept alive)."""
     run_dir: str | None = None
     """The run dir's absolute path, for `loomray status`."""
+    threads: int = 1
+    """Threads for noise and costs (coupling.service_cpus, at least 1)."""
     driver: dict[str, Any] | None = None
     """The driver that started it (pid, host, Ray job): a second driver of the same run
     is refused while this one lives (``loomray.train.launch.claim_service_name``)."""
@@ -164,6 +166,7 @@ class CouplingService:
             self.restarts = 1
             self._rebuild(creation)
         self.coupling = make_coupling(spec.kind, self.table, spec.cost, pair_seeds)
+        self.coupling.threads = max(1, int(spec.threads))
         self.steps: dict[int, _Step] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-solve")
         # One BLAS thread: the service lives beside busy training workers, and
@@ -211,17 +214,16 @@ class CouplingService:
     async def submit(
         self, step: int, rank: int, rows: np.ndarray, x: np.ndarray, info: dict | None = None
     ) -> np.ndarray:
-        """This rank's batch of ``step``; returns its noise once the step is solved."""
+        """This rank's batch of ``step`` (float32, or packed: loomray.coupling.wire);
+        returns the seeds of its noise, int64 per row, once the step is solved."""
         if not 0 <= rank < self.spec.world:
             raise ValueError(f"rank {rank} is outside a world of {self.spec.world}")
         self._check_state()
         self._record_info(rank, info)
-        rows, x = np.asarray(rows, np.int64), np.asarray(x, np.float32)
+        rows, x = np.asarray(rows, np.int64), decode(x)
         if step < self.next_step:  # a resubmit: answer what was answered
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self.executor, self._answer_again, step, rank, rows, x.shape[1:]
-            )
+            return await loop.run_in_executor(self.executor, self._answer_again, step, rank, rows)
         entry = self.steps.setdefault(step, _Step())
         entry.parts[rank] = (rows, x)
         entry.waiters[rank] += 1
@@ -232,12 +234,12 @@ class CouplingService:
             entry.waiters[rank] -= 1
         if entry.error is not None:
             raise entry.error
-        z = entry.results[rank]
+        seeds = entry.results[rank]
         if not entry.waiters[rank]:
             del entry.results[rank]
             if not entry.results and self.steps.get(step) is entry:
                 del self.steps[step]
-        return z
+        return seeds
 
     async def _wait_for_ranks(self, step: int, entry: _Step) -> None:
         """Until ``step`` is solved: ``timeout_s`` after the last rank that is not busy
@@ -279,7 +281,7 @@ class CouplingService:
                 f"where it was ({self.lost}); the workers must restart from the last checkpoint"
             )
 
-    def _answer_again(self, step: int, rank: int, rows: np.ndarray, shape) -> np.ndarray:
+    def _answer_again(self, step: int, rank: int, rows: np.ndarray) -> np.ndarray:
         """The answer ``rank`` got (or would have got) for an already solved ``step``."""
         solved = next((s for s in self.recent if s.record.step == step), None)
         if solved is None:
@@ -290,7 +292,7 @@ class CouplingService:
         span = solved.record.span(rank)
         if not np.array_equal(solved.record.rows[span], rows):
             raise ValueError(f"rank {rank} resubmitted step {step} with other rows than before")
-        return noise_from_seeds(solved.seeds[span], shape)
+        return solved.seeds[span]
 
     def _record_info(self, rank: int, info: dict | None) -> None:
         self.submits[rank] = self.submits.get(rank, 0) + 1
@@ -332,14 +334,16 @@ class CouplingService:
             x = np.concatenate([entry.parts[r][1] for r in ranks])
             entry.parts.clear()
             try:
-                z = await loop.run_in_executor(self.executor, self._solve, step, counts, rows, x)
+                seeds = await loop.run_in_executor(
+                    self.executor, self._solve, step, counts, rows, x
+                )
             except Exception as err:  # handed to every waiting rank
                 entry.error = err
                 entry.event.set()
                 continue
             bounds = np.cumsum([0, *counts])
             for r, lo, hi in zip(ranks, bounds[:-1], bounds[1:], strict=True):
-                entry.results[r] = z[lo:hi]
+                entry.results[r] = seeds[lo:hi]
             self.next_step = step + 1
             entry.event.set()
 
@@ -352,7 +356,7 @@ class CouplingService:
             self.durable.begin(self.table, step, creation=False)
         if self.failed:
             raise DurabilityError(self.failed)
-        z, stats = self.coupling.step(rows, x, step_rng(self.spec.seed, step))
+        _, stats = self.coupling.step(rows, x, step_rng(self.spec.seed, step))
         record = Record(step, rows, stats.perm, counts)
         if self.durable is not None:
             try:
@@ -372,7 +376,7 @@ class CouplingService:
         self._observe(step, seconds, stats, len(rows))
         if self.durable is not None and (step + 1) % self.spec.snapshot_every == 0:
             self._snapshot(step + 1)
-        return z
+        return stats.seeds  # the answer: each rank regenerates its noise from these
 
     def _undo(self, step: int, rows: np.ndarray, stats) -> None:
         """Take back a solved step that could not be journaled."""

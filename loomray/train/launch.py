@@ -278,6 +278,7 @@ def start_service(cfg: Config, rows: int, run_dir: Path):
         pairs=pairs_root,
         run_dir=str(run_dir.resolve()),
         driver=_driver(),
+        threads=max(1, int(cfg.coupling.service_cpus)),
     )
     actor = ray.remote(CouplingService).options(
         name=name,

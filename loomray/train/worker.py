@@ -135,6 +135,7 @@ def train_worker(config: dict[str, Any]) -> None:
         state.model = distributed(state.model, device, cfg.sample_shape)
     node = ray.get_runtime_context().get_node_id()
     noise = ServiceNoise(service, rank, cfg.coupling.timeout_s, node=node)
+    noise.threads = max(1, int(cfg.train.cpus_per_worker))
     metrics_path = run_dir / "metrics.jsonl"
     window: list[StepLog] = []
 

@@ -64,3 +64,41 @@ def test_errors():
         solve_assignment(np.zeros((2, 3)), np.zeros((2, 3)), cost="l1")
     with pytest.raises(ValueError, match="size per sample"):
         solve_assignment(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def _matrices():
+    """Random, tie-heavy and LOOM-like cost matrices."""
+    rng = np.random.default_rng(3)
+    for b in (1, 2, 16, 64, 200):
+        yield rng.random((b, b))
+        yield rng.integers(0, 3, (b, b)).astype(np.float64)  # ties everywhere
+        yield np.ones((b, b))  # every permutation is optimal
+        x = rng.standard_normal((b, 48)).astype(np.float32)
+        yield cost_matrix(x, rng.standard_normal((b, 48)).astype(np.float32))
+        # a settled table: each row's own noise is nearly its best, duplicated rows tie
+        x[b // 2 :] = x[: b - b // 2]
+        yield cost_matrix(x, x + 0.01 * rng.standard_normal(x.shape).astype(np.float32))
+
+
+def test_lapjv_finds_scipys_optimal_cost_ties_included():
+    from loomray.coupling import assignment_from_cost
+
+    for c in _matrices():
+        fast, reference = assignment_from_cost(c, "lapjv"), assignment_from_cost(c, "scipy")
+        assert fast.dtype == np.int64 and sorted(fast) == list(range(len(c)))
+        idx = np.arange(len(c))
+        assert c[idx, fast].sum() == pytest.approx(c[idx, reference].sum(), rel=1e-12, abs=1e-12)
+    with pytest.raises(ValueError, match="unknown solver"):
+        assignment_from_cost(np.ones((2, 2)), "hungarian")
+
+
+def test_threads_give_the_same_bits():
+    from loomray.coupling import noise_from_seeds
+
+    seeds = np.arange(300, dtype=np.int64) * 7919
+    one = noise_from_seeds(seeds, (3, 8, 8))
+    assert np.array_equal(noise_from_seeds(seeds, (3, 8, 8), threads=3), one)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 3072)).astype(np.float32)
+    z = rng.standard_normal((256, 3072)).astype(np.float32)
+    assert np.array_equal(cost_matrix(x, z, threads=2), cost_matrix(x, z))

@@ -25,8 +25,17 @@ def spec(**kw):
     return ServiceSpec(**base)
 
 
+def noise(seeds, x):
+    """The noise a rank regenerates from the service's answer (the seeds of its rows)."""
+    from loomray.coupling import noise_from_seeds
+
+    assert seeds.dtype == np.int64 and seeds.shape == (len(x),)
+    return noise_from_seeds(seeds, np.asarray(x).shape[1:])
+
+
 async def run_ranks(service, steps, x_all, start=0):
-    """Each rank submits step k+1 before awaiting step k, like the workers."""
+    """Each rank submits step k+1 before awaiting step k, like the workers; returns the
+    noise each rank regenerates from the answers."""
 
     async def rank(r):
         out = {}
@@ -39,7 +48,7 @@ async def run_ranks(service, steps, x_all, start=0):
                 pending[s + 1] = asyncio.create_task(
                     service.submit(s + 1, r, local[s + 1], x_all[local[s + 1]])
                 )
-            out[s] = await pending.pop(s)
+            out[s] = noise(await pending.pop(s), x_all[local[s]])
             await asyncio.sleep(0.001 * r)  # ranks run at different speeds
         return out
 
@@ -56,9 +65,11 @@ def replay(steps, x_all, seed=11):
     return table, noises
 
 
-def test_service_equals_the_sequential_algorithm():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_service_equals_the_sequential_algorithm(threads):
     x_all = data()
-    service = CouplingService(spec())
+    service = CouplingService(spec(threads=threads))
+    assert service.coupling.threads == threads
     outs = asyncio.run(run_ranks(service, 40, x_all))
     table, noises = replay(40, x_all)
     assert np.array_equal(service.table.seeds, table.seeds)

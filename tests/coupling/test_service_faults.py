@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 import pytest
-from test_service import PER_RANK, WORLD, data, replay, rows_of, run_ranks, spec
+from test_service import PER_RANK, WORLD, data, noise, replay, rows_of, run_ranks, spec
 
 from loomray.coupling import AssignmentTable
 from loomray.coupling import service as service_module
@@ -92,7 +92,7 @@ def test_a_restarted_service_is_exactly_where_the_dead_one_was(tmp_path, monkeyp
         assert (tmp_path / "service" / SNAPSHOT_NAME).is_file()
     for step in (9, 14, 17):  # resubmits of answered steps get the same noise
         rows, x = part(step, 1)
-        got = asyncio.run(alive.submit(step, 1, rows, x))
+        got = noise(asyncio.run(alive.submit(step, 1, rows, x)), x)
         assert np.array_equal(got, reference[step][PER_RANK:])
     after = merged(asyncio.run(run_ranks(alive, 30, x_all, start=18)), range(18, 30))
     for step in range(30):
@@ -205,7 +205,7 @@ def test_duplicate_submits_get_the_same_answer():
         other = asyncio.create_task(service.submit(0, 1, r1, x1))
         a, b, c = await asyncio.gather(first, again, other)
         late = await service.submit(0, 0, r0, x0)  # resent after it was answered
-        return a, b, c, late
+        return noise(a, x0), noise(b, x0), noise(c, x1), noise(late, x0)
 
     a, b, c, late = asyncio.run(scenario())
     _, noises = replay(1, x_all)
