@@ -89,6 +89,11 @@ class Coupling(ABC):
     ) -> tuple[np.ndarray, CouplingStats]:
         """Noise float32 [B, *x.shape[1:]] aligned with ``x``, and the step's stats."""
 
+    def solve(self, rows: np.ndarray, x: np.ndarray, rng: np.random.Generator) -> CouplingStats:
+        """``step`` without gathering the noise it answers with: the stats alone (their
+        ``seeds`` say which noise), as the coupling service answers."""
+        return self.step(rows, x, rng)[1]
+
     @abstractmethod
     def replay(
         self, rows: np.ndarray, perm: np.ndarray, rng: np.random.Generator
@@ -157,6 +162,13 @@ class MinibatchOTCoupling(_FreshNoiseCoupling):
     kind = "minibatch-ot"
 
     def step(self, rows, x, rng):
+        z, stats = self._solve(x, rng)
+        return z[stats.perm], stats
+
+    def solve(self, rows, x, rng):
+        return self._solve(x, rng)[1]
+
+    def _solve(self, x, rng) -> tuple[np.ndarray, CouplingStats]:
         x = np.asarray(x, np.float32)
         t0 = time.perf_counter()
         seeds = _fresh_seeds(rng, len(x))
@@ -164,7 +176,7 @@ class MinibatchOTCoupling(_FreshNoiseCoupling):
         seconds = {"noise": time.perf_counter() - t0}
         perm, stats = self._pair(x, z, np.zeros(len(x), np.int64), seconds)
         stats.seeds = seeds[perm]
-        return z[perm], stats
+        return z, stats
 
 
 class PairsCoupling(Coupling):
@@ -205,10 +217,21 @@ class LoomCoupling(Coupling):
     def step(self, rows, x, rng):
         return self.step_with_caches(rows, x, self.choose_caches(len(rows), rng))
 
+    def solve(self, rows, x, rng):
+        return self._solve(rows, x, self.choose_caches(len(rows), rng))[1]
+
     def step_with_caches(
         self, rows: np.ndarray, x: np.ndarray, caches: np.ndarray
     ) -> tuple[np.ndarray, CouplingStats]:
         """The deterministic part of a step, given the caches already drawn."""
+        z, stats = self._solve(rows, x, caches)
+        return z[stats.perm], stats
+
+    def _solve(
+        self, rows: np.ndarray, x: np.ndarray, caches: np.ndarray
+    ) -> tuple[np.ndarray, CouplingStats]:
+        """The step: the table updated, the drawn slots' noise (before the re-pairing)
+        and the stats."""
         rows = np.asarray(rows, np.int64)
         caches = np.asarray(caches, np.int64)
         x = np.asarray(x, np.float32)
@@ -234,7 +257,7 @@ class LoomCoupling(Coupling):
         stats.seeds = apply_permutation(self.table.seeds, rows, caches, perm)
         self.table.step += 1
         seconds["update"] = time.perf_counter() - t0
-        return z[perm], stats
+        return z, stats
 
     def replay(self, rows, perm, rng):
         rows = np.asarray(rows, np.int64)

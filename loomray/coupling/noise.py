@@ -31,12 +31,13 @@ Usage::
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
 import numba
 import numpy as np
+
+from loomray.coupling.threads import run_blocks
 
 _LAYERS = 128
 _R = 3.442619855899  # right edge of the base layer (Marsaglia & Tsang, 2000)
@@ -155,30 +156,13 @@ def noise_from_seeds(
         raise ValueError(f"noise shape must be positive, got {shape}")
     out = np.empty((seeds.shape[0], math.prod(shape)), np.float32)
     keys = seeds.view(np.uint64)
-    blocks = min(max(1, int(threads)), seeds.shape[0] // 16)
-    if blocks > 1:
-        bounds = np.linspace(0, seeds.shape[0], blocks + 1).astype(int)
-        spans = list(zip(bounds[:-1], bounds[1:], strict=True))
-        list(
-            _pool(blocks).map(
-                lambda span: _fill(keys[span[0] : span[1]], out[span[0] : span[1]], *_TABLES),
-                spans,
-            )
-        )
-    elif seeds.shape[0]:
-        _fill(keys, out, *_TABLES)
+
+    def fill(lo: int, hi: int) -> None:
+        if hi > lo:
+            _fill(keys[lo:hi], out[lo:hi], _K, _W32, _W64, _F)
+
+    run_blocks(fill, seeds.shape[0], threads, align=16)
     return out.reshape((seeds.shape[0], *shape))
-
-
-_TABLES = (_K, _W32, _W64, _F)
-
-
-@functools.cache
-def _pool(threads: int):
-    """A thread pool per width, kept for the process (the service asks every step)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loom-noise")
 
 
 def ziggurat_checksum() -> str:

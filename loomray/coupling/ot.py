@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numba
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from threadpoolctl import threadpool_limits
+
+from loomray.coupling.threads import ALIGN, run_blocks
 
 Cost = Literal["l2", "sql2"]
 COSTS: tuple[str, ...] = ("l2", "sql2")
@@ -41,21 +43,39 @@ def cost_matrix(x: np.ndarray, z: np.ndarray, cost: Cost = "l2", threads: int = 
     """``C[i, j] = c(x_i, z_j)`` as float64 [B, B'].
 
     Uses ``|x|^2 + |z|^2 - 2 x.z`` with a matrix product in the inputs' dtype
-    (the dominant work, one GEMM on ``threads`` BLAS threads) and float64 for the
-    [B, B] combination.
+    (the dominant work: a GEMM per row block, ``threads`` blocks side by side)
+    and float64 for the combination, fused into one pass per block.
     """
     check_cost(cost)
     xf, zf = _flat(x), _flat(z)
     if xf.shape[1] != zf.shape[1]:
         raise ValueError(f"x and z differ in size per sample: {xf.shape[1]} vs {zf.shape[1]}")
-    with threadpool_limits(limits=max(1, int(threads)), user_api="blas"):
-        dot = (xf @ zf.T).astype(np.float64)
     # Norms in the inputs' precision: upcasting the [B, D] inputs costs more
     # than the GEMM itself saves; the [B, B] combination is done in float64.
     xx = np.einsum("ij,ij->i", xf, xf).astype(np.float64)
     zz = np.einsum("ij,ij->i", zf, zf).astype(np.float64)
-    sq = np.maximum(xx[:, None] + zz[None, :] - 2.0 * dot, 0.0)
-    return np.sqrt(sq) if cost == "l2" else sq
+    out = np.empty((len(xf), len(zf)), np.float64)
+    zt = zf.T
+
+    def block(lo: int, hi: int) -> None:
+        if hi > lo:
+            _combine(xf[lo:hi] @ zt, xx[lo:hi], zz, out[lo:hi], cost == "l2")
+
+    # The coupling service runs BLAS on one thread (its blocks are the threads):
+    # OpenBLAS's own threads would spin on the cores the next step's noise needs.
+    # (Not set here: threadpoolctl's limit costs ~1.5 ms a call.)
+    run_blocks(block, len(xf), threads, align=ALIGN)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _combine(dot, xx, zz, out, root):
+    """out = sqrt(max(xx_i + zz_j - 2 dot_ij, 0)) (or without the root), in float64,
+    with numpy's order of operations (the same bits as the unfused expression)."""
+    for i in range(dot.shape[0]):
+        for j in range(dot.shape[1]):
+            sq = max(xx[i] + zz[j] - 2.0 * np.float64(dot[i, j]), 0.0)
+            out[i, j] = np.sqrt(sq) if root else sq
 
 
 def assignment_from_cost(c: np.ndarray, solver: str = "lapjv") -> np.ndarray:

@@ -356,7 +356,7 @@ class CouplingService:
             self.durable.begin(self.table, step, creation=False)
         if self.failed:
             raise DurabilityError(self.failed)
-        _, stats = self.coupling.step(rows, x, step_rng(self.spec.seed, step))
+        stats = self.coupling.solve(rows, x, step_rng(self.spec.seed, step))
         record = Record(step, rows, stats.perm, counts)
         if self.durable is not None:
             try:

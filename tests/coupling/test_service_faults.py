@@ -38,7 +38,7 @@ def hold_a_solve(monkeypatch, service, step):
     """Hold the solve of ``step`` right after it has written the table: ``written`` is
     set then, and the solver thread waits until ``release`` is set."""
     written, release = threading.Event(), threading.Event()
-    original = service.coupling.step_with_caches
+    original = service.coupling._solve  # what applies a step to the table
 
     def held(rows, x, caches):
         out = original(rows, x, caches)
@@ -47,7 +47,7 @@ def hold_a_solve(monkeypatch, service, step):
             release.wait(10)
         return out
 
-    monkeypatch.setattr(service.coupling, "step_with_caches", held)
+    monkeypatch.setattr(service.coupling, "_solve", held)
     return written, release
 
 
