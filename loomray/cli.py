@@ -1223,6 +1223,7 @@ def bench_quality_cmd(
     methods: str = typer.Option(
         None, help="Samplers to score, comma-separated (default: the config's eval.methods)."
     ),
+    jobs: int = typer.Option(1, help="Runs side by side, one process and one thread each."),
 ) -> None:
     """Independent vs minibatch-OT vs LOOM: same model, steps and seeds; quality per NFE."""
 
@@ -1234,8 +1235,8 @@ def bench_quality_cmd(
     extra = list(overrides or []) + ([f"train.steps={steps}"] if steps else [])
     cfg = _config_or_fail(config, extra)
     folder = _path_or_fail(folder_to_write, out, "--out")
-    if seeds < 1:
-        fail(f"--seeds must be at least 1, got {seeds}")
+    if seeds < 1 or jobs < 1:
+        fail(f"--seeds and --jobs must be at least 1, got {seeds} and {jobs}")
     try:
         names = method_names(methods, cfg)
     except EvaluationError as err:
@@ -1244,7 +1245,7 @@ def bench_quality_cmd(
     with locked_or_fail(folder, "output folder"):
         try:
             runs, global_pair, metric = run_quality(
-                cfg, seeds, names, n, log=lambda line: console.print(line)
+                cfg, seeds, names, n, log=lambda line: console.print(line), jobs=jobs
             )
         except (EvaluationError, DatasetError) as err:
             fail(str(err))

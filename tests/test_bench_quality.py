@@ -7,26 +7,24 @@ from loomray.cli import app
 
 def test_bench_quality_runs_all_couplings_and_writes_table_and_plot(tmp_path):
     out = tmp_path / "q"
-    result = CliRunner().invoke(
-        app,
-        [
-            "bench",
-            "quality",
-            "--config",
-            "toy2d",
-            "data.toy_points=256",
-            "coupling.caches=2",
-            "train.batch=64",
-            "--seeds",
-            "1",
-            "--steps",
-            "60",
-            "--n",
-            "200",
-            "--out",
-            str(out),
-        ],
-    )
+    args = [
+        "bench",
+        "quality",
+        "--config",
+        "toy2d",
+        "data.toy_points=256",
+        "coupling.caches=2",
+        "train.batch=64",
+        "--seeds",
+        "1",
+        "--steps",
+        "60",
+        "--n",
+        "200",
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "quality.json").read_text())
     kinds = [r["kind"] for r in report["runs"]]
@@ -37,6 +35,12 @@ def test_bench_quality_runs_all_couplings_and_writes_table_and_plot(tmp_path):
     assert report["global_ot_pair_cost"] < costs["loom"] < costs["independent"]
     assert costs["minibatch-ot"] < costs["independent"]
     assert (out / "quality.png").stat().st_size > 10_000
+    # the same runs two at a time, each in a process of its own
+    again = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "q2"), "--jobs", "2"])
+    assert again.exit_code == 0, again.output
+    runs = json.loads((tmp_path / "q2" / "quality.json").read_text())["runs"]
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in report["runs"]]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in runs] == strip
 
 
 def test_bench_reflow_reflows_every_coupling_and_writes_table_and_plot(tmp_path):

@@ -37,59 +37,79 @@ class QualityRun:
     pair_cost: float
     """Mean cost of the pairs trained on (LOOM: the final table's mean pair cost)."""
     seconds: float
+    metric: str = "fid"
 
 
 def run_quality(
-    cfg: Config, seeds: int, methods=METHODS, n: int | None = None, log=print
+    cfg: Config, seeds: int, methods=METHODS, n: int | None = None, log=print, jobs: int = 1
 ) -> tuple[list[QualityRun], float, str]:
     """All runs, the global OT cost per pair, and the metric's name.
 
-    Runs on one thread (torch and BLAS): the model is small, and two threads
-    of each fight over two cores."""
+    Every run is on one thread (torch and BLAS): the models are small, and two
+    threads of each fight over two cores; ``jobs`` runs go side by side in
+    processes of their own. The runs do not depend on ``jobs``."""
+    tasks = [(cfg, seed, kind, tuple(methods), n) for seed in range(seeds) for kind in KINDS]
+    if jobs <= 1:
+        runs = []
+        for task in tasks:
+            runs.append(_one_run(*task))
+            log(_run_line(runs[-1]))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")  # no forked torch or Ray state
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [pool.submit(_one_run, *task) for task in tasks]
+            runs = []
+            for future in futures:  # in order: the log reads as the table does
+                runs.append(future.result())
+                log(_run_line(runs[-1]))
+    with threadpool_limits(limits=1):
+        data = build_dataset(cfg)
+        x_all = data.batch(np.arange(len(data))).numpy()
+        table0 = AssignmentTable.create(len(data), cfg.coupling.caches, seed=0)
+        global_pair = global_ot_cost(table0, x_all, cfg.coupling.cost)
+    return runs, global_pair / (table0.rows * table0.caches), runs[0].metric
+
+
+def _run_line(run: QualityRun) -> str:
+    return (
+        f"seed {run.seed} {run.kind:>12}: "
+        + "  ".join(f"{m} {v:.3f}" for m, v in run.scores.items())
+        + f"  pair cost {run.pair_cost:.4f}"
+    )
+
+
+def _one_run(cfg: Config, seed: int, kind: str, methods, n: int | None) -> QualityRun:
+    """Train one (seed, coupling) and score its EMA model, on one thread."""
     torch.set_num_threads(1)
     with threadpool_limits(limits=1):
-        return _run_quality(cfg, seeds, methods, n, log)
-
-
-def _run_quality(cfg, seeds, methods, n, log):
-    evaluator = make_evaluator(cfg)
-    data = build_dataset(cfg)
-    x_all = data.batch(np.arange(len(data))).numpy()
-    runs = []
-    for seed in range(seeds):
-        for kind in KINDS:
-            run_cfg = replace(
-                cfg,
-                train=replace(cfg.train, seed=seed, workers=1),
-                coupling=replace(cfg.coupling, kind=kind, seed=seed),
-            )
-            start = time.perf_counter()
-            run = train_local(run_cfg)
-            rows = evaluate_model(run.state.ema.model, run_cfg, methods, n or cfg.eval.n, evaluator)
+        evaluator = make_evaluator(cfg)
+        run_cfg = replace(
+            cfg,
+            train=replace(cfg.train, seed=seed, workers=1),
+            coupling=replace(cfg.coupling, kind=kind, seed=seed),
+        )
+        start = time.perf_counter()
+        run = train_local(run_cfg)
+        rows = evaluate_model(run.state.ema.model, run_cfg, methods, n or cfg.eval.n, evaluator)
+        if kind == "loom":
+            table = run.noise.coupling.table
+            x_all = run.dataset.batch(np.arange(len(run.dataset))).numpy()
+            pair = table_cost(table, x_all, cfg.coupling.cost) / (table.rows * table.caches)
+        else:
             stats = run.noise.stats[-100:]
-            if kind == "loom":
-                table = run.noise.coupling.table
-                pair = table_cost(table, x_all, cfg.coupling.cost) / (table.rows * table.caches)
-            else:
-                pair = float(np.mean([s.post_cost for s in stats])) / cfg.train.batch
-            runs.append(
-                QualityRun(
-                    kind,
-                    seed,
-                    {r.method: r.value for r in rows},
-                    {r.method: r.nfe for r in rows},
-                    pair,
-                    time.perf_counter() - start,
-                )
-            )
-            log(
-                f"seed {seed} {kind:>12}: "
-                + "  ".join(f"{r.method} {r.value:.3f}" for r in rows)
-                + f"  pair cost {pair:.4f}"
-            )
-    table0 = AssignmentTable.create(len(data), cfg.coupling.caches, seed=0)
-    global_pair = global_ot_cost(table0, x_all, cfg.coupling.cost) / (table0.rows * table0.caches)
-    return runs, global_pair, rows[0].metric
+            pair = float(np.mean([s.post_cost for s in stats])) / cfg.train.batch
+        return QualityRun(
+            kind,
+            seed,
+            {r.method: r.value for r in rows},
+            {r.method: r.nfe for r in rows},
+            pair,
+            time.perf_counter() - start,
+            rows[0].metric,
+        )
 
 
 def summarize(runs: list[QualityRun], methods=METHODS) -> dict[str, dict[str, tuple]]:
