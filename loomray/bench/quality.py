@@ -50,9 +50,11 @@ def run_quality(
     processes of their own. The runs do not depend on ``jobs``."""
     tasks = [(cfg, seed, kind, tuple(methods), n) for seed in range(seeds) for kind in KINDS]
     if jobs <= 1:
+        with threadpool_limits(limits=1):
+            evaluator = make_evaluator(cfg)  # one for all the runs of this process
         runs = []
         for task in tasks:
-            runs.append(_one_run(*task))
+            runs.append(_one_run(*task, evaluator))
             log(_run_line(runs[-1]))
     else:
         import multiprocessing
@@ -81,11 +83,14 @@ def _run_line(run: QualityRun) -> str:
     )
 
 
-def _one_run(cfg: Config, seed: int, kind: str, methods, n: int | None) -> QualityRun:
-    """Train one (seed, coupling) and score its EMA model, on one thread."""
+def _one_run(
+    cfg: Config, seed: int, kind: str, methods, n: int | None, evaluator=None
+) -> QualityRun:
+    """Train one (seed, coupling) and score its EMA model, on one thread (``evaluator``:
+    the config's, built here when not given)."""
     torch.set_num_threads(1)
     with threadpool_limits(limits=1):
-        evaluator = make_evaluator(cfg)
+        evaluator = evaluator or make_evaluator(cfg)
         run_cfg = replace(
             cfg,
             train=replace(cfg.train, seed=seed, workers=1),
