@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -94,6 +95,21 @@ def test_a_jobs_processes_use_their_own_cluster_beside_another(
     assert state == "ALIVE"
 
 
+def _cleaner_story() -> str:
+    """The Train actors' states and the PlacementGroupCleaner's own log lines."""
+    from ray.util.state import list_actors
+
+    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
+    mine = ray.get_runtime_context().gcs_address
+    actors = list_actors(address=mine, raise_on_missing_output=False)
+    lines = [f"{a.class_name}: {a.state}" for a in actors]
+    for path in sorted(logs.glob("worker-*.err")):
+        text = path.read_text(errors="replace")
+        if ":actor_name:PlacementGroupCleaner" in text:
+            lines.append(f"{path.name}:\n{text[-4000:]}")
+    return "\n".join(lines)
+
+
 @ray.remote(num_cpus=0)
 class _Trial:
     """Stands in for a Tune trial: it runs a training, and is killed as ASHA stops it."""
@@ -116,7 +132,10 @@ def test_a_stopped_trials_training_gives_its_resources_back(
     _wait(lambda: (run / "metrics.jsonl").is_file(), 180, "the training never started")
     assert [pg["bundles"] for pg in _alive_groups()] == [{0: {"CPU": 1.0}}]
     ray.kill(trial)
-    _wait(lambda: not _alive_groups(), 90, "the killed trial's placement group is still there")
+    try:
+        _wait(lambda: not _alive_groups(), 180, "the killed trial's placement group is there")
+    except AssertionError as err:  # what Ray's cleaner and the controller were doing
+        raise AssertionError(f"{err}\n{_cleaner_story()}") from None
     with lock_folder(run, "run dir"):  # and the dead trial's lock on its run dir is gone
         pass
 
