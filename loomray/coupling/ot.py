@@ -6,12 +6,15 @@
 square (``"sql2"``, the usual OT-CFM cost). The permutation acts on the noise
 side: ``z[perm]`` is the re-paired noise batch, aligned with ``x``.
 
-The solver is ``lap``'s Jonker-Volgenant (``lapjv``), exact like scipy's
-``linear_sum_assignment`` (the same optimal cost, tested, ties included) and far
-faster on LOOM's matrices once the table is near-optimal: measured on 3072-D
-image batches after the table has settled, 2.8 against 31 ms at batch 512 and 157
-against 2687 ms at 2048 (docs/results.md). Where several permutations are optimal
-the two may pick different ones; a run's journal keeps the one it used.
+The solver is Jonker-Volgenant (``lapjv``): loomray's numba copy of ``lap``'s
+algorithm (``loomray.coupling.jv``), which returns ``lap.lapjv``'s very permutation
+(tested, ties included) and releases the GIL, so the service prepares the next
+step meanwhile. It is exact like scipy's ``linear_sum_assignment`` (the same
+optimal cost, tested, ties included) and far faster on LOOM's matrices once the
+table is near-optimal: measured on 3072-D image batches after the table has
+settled, 2.8 against 31 ms at batch 512 and 157 against 2687 ms at 2048
+(docs/results.md). Where several permutations are optimal scipy may pick another;
+a run's journal keeps the one it used.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ import numba
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from loomray.coupling.jv import lapjv
 from loomray.coupling.threads import ALIGN, run_blocks
 
 Cost = Literal["l2", "sql2"]
 COSTS: tuple[str, ...] = ("l2", "sql2")
-SOLVERS: tuple[str, ...] = ("lapjv", "scipy")
+SOLVERS: tuple[str, ...] = ("lapjv", "lap", "scipy")
+"""lapjv: loomray's GIL-free Jonker-Volgenant; lap: the same algorithm from the ``lap``
+package (holds the GIL); scipy: ``linear_sum_assignment``."""
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -81,6 +87,8 @@ def _combine(dot, xx, zz, out, root):
 def assignment_from_cost(c: np.ndarray, solver: str = "lapjv") -> np.ndarray:
     """Optimal permutation for a square cost matrix: row i takes column perm[i]."""
     if solver == "lapjv":
+        return lapjv(c)
+    if solver == "lap":
         import lap
 
         if c.shape[0] == 0:

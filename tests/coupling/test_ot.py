@@ -92,6 +92,51 @@ def test_lapjv_finds_scipys_optimal_cost_ties_included():
         assignment_from_cost(np.ones((2, 2)), "hungarian")
 
 
+def test_loomrays_lapjv_returns_laps_very_permutation():
+    """The GIL-free copy follows lap's algorithm to the tie: a run does not depend on
+    which of the two solved it."""
+    from loomray.coupling import assignment_from_cost
+
+    rng = np.random.default_rng(11)
+    extra = [rng.integers(0, 4, (n, n)) * 0.25 for n in rng.integers(1, 60, 300)]
+    for c in [*_matrices(), *extra]:
+        assert np.array_equal(assignment_from_cost(c, "lapjv"), assignment_from_cost(c, "lap"))
+
+
+def test_lapjv_lets_other_threads_run_and_refuses_what_it_cannot_solve():
+    import threading
+    import time
+
+    from loomray.coupling.jv import lapjv
+
+    c = np.random.default_rng(0).random((700, 700))
+    lapjv(c[:3, :3])  # compiled
+    counts, stop = [], threading.Event()
+
+    def count():
+        n = 0
+        while not stop.is_set():
+            n += 1
+        counts.append(n)
+
+    def rate(solve) -> float:  # the other thread's loop iterations per second
+        stop.clear()
+        thread = threading.Thread(target=count)
+        thread.start()
+        t0 = time.perf_counter()
+        solve()
+        seconds = time.perf_counter() - t0
+        stop.set()
+        thread.join()
+        return counts.pop() / seconds
+
+    sleeping = rate(lambda: time.sleep(0.05))
+    assert rate(lambda: [lapjv(c) for _ in range(3)]) > sleeping / 4
+    for bad in (np.ones((2, 3)), np.array([[np.inf, 1.0], [1.0, 1.0]]), np.full((2, 2), 2e6)):
+        with pytest.raises(ValueError):
+            lapjv(bad)
+
+
 def test_threads_give_the_same_bits():
     from loomray.coupling import noise_from_seeds
 
