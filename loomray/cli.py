@@ -16,6 +16,8 @@ PRECISION_HELP = (
     "The network's precision when sampling: fp32 or bf16 (autocast, CUDA only). "
     "Default: the run's eval.precision (fp32)."
 )
+
+
 class Table(RichTable):
     """Rich's table whose cells wrap instead of being cut short with an ellipsis, so
     every figure stays readable in an 80-column terminal."""
@@ -69,6 +71,7 @@ def _main(
     ),
 ) -> None:
     """LOOM-CFM flow matching on Ray: train, sweep, evaluate, benchmark."""
+
 
 # soft_wrap: long lines (paths) are never broken mid-word when output is not a terminal
 console = Console(soft_wrap=True)
@@ -707,8 +710,9 @@ def _print_plan(sweep, gpus: int | None, gpu: str, rate: float | None) -> None:
         table.add_column(col, justify="right")
     for m in p.models:
         row = [str(m.params[k]) for k in keys]
-        table.add_row(*row, f"{m.steps:,}", f"{m.steps * m.batch:,}", f"{m.gpus:g}",
-                      f"{m.hours:.2f}")
+        table.add_row(
+            *row, f"{m.steps:,}", f"{m.steps * m.batch:,}", f"{m.gpus:g}", f"{m.hours:.2f}"
+        )
     console.print(table)
     more = f" of {p.configurations}" if p.configurations > len(p.models) else ""
     console.print(
@@ -1024,9 +1028,14 @@ def bench_coupling_cmd(
     dim: int = typer.Option(3072, help="Values per sample (3x32x32 = 3072)."),
     steps: int = typer.Option(300, help="Timed solves."),
     threads: int = typer.Option(1, help="Threads for noise and costs (coupling.service_cpus)."),
-    solver: str = typer.Option("lapjv", help="Assignment solver: lapjv (used) or scipy."),
+    solver: str = typer.Option(
+        "lapjv", help="Assignment solver: lapjv (used), lap (the same, holding the GIL), scipy."
+    ),
     data: str = typer.Option("random", help="random, or mnist: image rows (at most 5000)."),
     warmup: int = typer.Option(10, help="Untimed solves first (let an image table settle)."),
+    lookahead: bool = typer.Option(
+        True, help="Prepare the next step's noise and costs during this one's assignment."
+    ),
 ) -> None:
     """Solves per second of the LOOM coupling and where the time goes."""
     from loomray.bench.coupling import PARTS, bench_coupling
@@ -1053,13 +1062,23 @@ def bench_coupling_cmd(
     with console.status("timing LOOM solves..."):
         try:
             r = bench_coupling(
-                rows, caches, batch, dim, steps, warmup, threads, solver=solver, data=data
+                rows,
+                caches,
+                batch,
+                dim,
+                steps,
+                warmup,
+                threads,
+                solver=solver,
+                data=data,
+                lookahead=lookahead,
             )
         except ValueError as err:
             fail(str(err))
     console.print(
         f"LOOM coupling: rows={r.rows} K={r.caches} batch={r.batch} dim={r.dim} "
         f"data={r.data} solver={r.solver} (timed after {r.warmup} solves)"
+        + (", next step prepared during each assignment" if r.lookahead else "")
     )
     table = Table()
     table.add_column("part")
@@ -1167,7 +1186,10 @@ def _bench_scaling(config, extra, counts, per_rank, steps, address) -> None:
     for r in runs:
         ratio = r.images_per_s / runs[0].images_per_s
         table.add_row(
-            str(r.workers), str(r.batch), f"{r.images_per_s:.0f}", f"{ratio:.2f}x",
+            str(r.workers),
+            str(r.batch),
+            f"{r.images_per_s:.0f}",
+            f"{ratio:.2f}x",
             f"{100 * r.wait_fraction:.2f}%",
         )
     console.print(table)

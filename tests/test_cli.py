@@ -24,7 +24,7 @@ def test_bench_coupling_small():
 def test_bench_coupling_on_settled_image_rows_with_both_solvers_and_threads():
     args = ["bench", "coupling", "--data", "mnist", "--rows", "300", "--caches", "1"]
     args += ["--batch", "100", "--warmup", "9", "--steps", "3", "--threads", "2"]
-    for solver in ("lapjv", "scipy"):
+    for solver in ("lapjv", "lap", "scipy"):
         result = runner.invoke(app, [*args, "--solver", solver])
         assert result.exit_code == 0, result.output
         assert f"data=mnist solver={solver}" in result.output and "on 2 thread(s)" in result.output
@@ -34,7 +34,7 @@ def test_bench_coupling_on_settled_image_rows_with_both_solvers_and_threads():
 def test_bench_coupling_bad_input_is_one_sentence():
     for args, says in (
         (["--rows", "10", "--batch", "20"], "cannot exceed"),
-        (["--solver", "hungarian"], "--solver must be one of lapjv, scipy"),
+        (["--solver", "hungarian"], "--solver must be one of lapjv, lap, scipy"),
         (["--data", "mnist", "--rows", "6000"], "has 5000 rows, fewer than --rows 6000"),
         (["--data", "mnist", "--rows", "600", "--dim", "12"], "3072 values, not --dim 12"),
     ):

@@ -32,6 +32,7 @@ class CouplingBenchResult:
     solver: str
     data: str
     warmup: int
+    lookahead: bool
     solves_per_s: float
     ms_per_part: dict[str, float]
     ms_per_solve: float
@@ -48,29 +49,49 @@ def bench_coupling(
     seed: int = 0,
     solver: str = "lapjv",
     data: str = "random",
+    lookahead: bool = True,
 ) -> CouplingBenchResult:
-    """Time ``steps`` LOOM steps (the full ``step`` call) after ``warmup`` untimed ones;
-    ``threads`` for noise and costs, as the service runs with coupling.service_cpus."""
+    """Time ``steps`` LOOM solves after ``warmup`` untimed ones, as the service solves
+    them: training's batch plan (an epoch's batches share no row), each step's own
+    randomness, ``threads`` for noise and costs (coupling.service_cpus) and, with
+    ``lookahead``, the next step's noise and costs prepared during this one's assignment."""
+    from loomray.coupling import step_rng
+    from loomray.coupling.lookahead import Lookahead
+    from loomray.data import BatchPlan
+
     if batch > rows:
         raise ValueError(f"batch ({batch}) cannot exceed rows ({rows})")
-    rng = np.random.default_rng(seed)
     images = bench_images(rows, dim) if data == "mnist" else None
     # Random data: a pool stands in for the dataset (100k x 3072 floats would not
     # fit small hosts); row r's sample is pool[r % len(pool)].
+    rng = np.random.default_rng(seed)
     pool = images if images is not None else rng.uniform(-1, 1, (4 * batch, dim)).astype(np.float32)
+    plan = BatchPlan(rows, batch, seed)
     coupling = LoomCoupling(AssignmentTable.create(rows, caches, seed=seed))
     coupling.threads = threads
+    ahead = Lookahead(threads)
     totals = dict.fromkeys(PARTS, 0.0)
     elapsed = 0.0
+
+    def step_of(i: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+        batch_rows = plan.global_rows(i)
+        return batch_rows, pool[batch_rows % len(pool)], step_rng(seed, i)
+
     with threadpool_limits(limits=1):
         for i in range(warmup + steps):
-            batch_rows = rng.choice(rows, size=batch, replace=False)
-            x = pool[batch_rows % len(pool)]
+            batch_rows, x, step_rng_i = step_of(i)
             # Warm-up solves use lapjv whatever is timed: both are exact, so the table
             # settles alike, and scipy's minutes of warm-up at large batches buy nothing.
             coupling.solver = solver if i >= warmup else "lapjv"
             start = time.perf_counter()
-            stats = coupling.solve(batch_rows, x, rng)  # as the service solves
+            following = step_of(i + 1) if lookahead and i + 1 < warmup + steps else None
+
+            def assigning(following=following, batch_rows=batch_rows, i=i) -> None:
+                if following is not None:  # as the service: beside this assignment
+                    ahead.start(coupling, i + 1, *following, busy_rows=batch_rows)
+
+            stats = coupling.solve(batch_rows, x, step_rng_i, ahead.take(i), assigning)
+            ahead.observe(stats)
             if i >= warmup:
                 elapsed += time.perf_counter() - start
                 for part in PARTS:
@@ -85,6 +106,7 @@ def bench_coupling(
         solver=solver,
         data=data,
         warmup=warmup,
+        lookahead=lookahead,
         solves_per_s=steps / elapsed,
         ms_per_part={p: 1e3 * totals[p] / steps for p in PARTS},
         ms_per_solve=1e3 * elapsed / steps,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,6 +68,25 @@ class CouplingStats:
     seconds: dict[str, float] = field(default_factory=dict)
     perm: np.ndarray | None = None
     seeds: np.ndarray | None = None
+    ahead: bool = False
+    """The step used noise and costs prepared ahead (``Coupling.prepare``)."""
+
+
+@dataclass
+class Prepared:
+    """The part of a re-pairing step that does not depend on the step before it: the
+    noise of the drawn slots and (unless None) its cost matrix. Computed on another
+    thread while the step before is assigned (``loomray.coupling.lookahead``); used
+    only when the slots still hold the seeds it was made from (otherwise the step
+    computes it anew)."""
+
+    rows: np.ndarray
+    caches: np.ndarray
+    seeds: np.ndarray
+    x: np.ndarray
+    z: np.ndarray
+    cost: np.ndarray | None
+    seconds: dict[str, float]
 
 
 class Coupling(ABC):
@@ -89,10 +109,32 @@ class Coupling(ABC):
     ) -> tuple[np.ndarray, CouplingStats]:
         """Noise float32 [B, *x.shape[1:]] aligned with ``x``, and the step's stats."""
 
-    def solve(self, rows: np.ndarray, x: np.ndarray, rng: np.random.Generator) -> CouplingStats:
+    def solve(
+        self,
+        rows: np.ndarray,
+        x: np.ndarray,
+        rng: np.random.Generator,
+        prepared: Prepared | None = None,
+        assigning: Callable[[], None] | None = None,
+    ) -> CouplingStats:
         """``step`` without gathering the noise it answers with: the stats alone (their
-        ``seeds`` say which noise), as the coupling service answers."""
+        ``seeds`` say which noise), as the coupling service answers. ``prepared``: what
+        ``prepare`` computed for this very step ahead of time, if anything;
+        ``assigning``: called as the assignment starts (the service then prepares the
+        next step beside it)."""
         return self.step(rows, x, rng)[1]
+
+    def prepare(
+        self,
+        rows: np.ndarray,
+        x: np.ndarray,
+        rng: np.random.Generator,
+        costs: bool = True,
+        threads: int | None = None,
+    ) -> Prepared | None:
+        """This step's noise and (``costs``) cost matrix, computed ahead on ``threads``
+        (default ``self.threads``); None: nothing to gain."""
+        return None
 
     @abstractmethod
     def replay(
@@ -105,16 +147,39 @@ class Coupling(ABC):
         did. Given the same state, rows and rng, ``replay(rows, stats.perm, rng)``
         is bit-identical to ``step``."""
 
-    def _pair(
-        self, x: np.ndarray, z: np.ndarray, caches: np.ndarray, seconds: dict[str, float]
-    ) -> tuple[np.ndarray, CouplingStats]:
-        """The optimal re-pairing of ``z`` to ``x`` and its stats (times added to seconds)."""
+    def _prepare(
+        self,
+        rows: np.ndarray,
+        x: np.ndarray,
+        caches: np.ndarray,
+        seeds: np.ndarray,
+        costs: bool = True,
+        threads: int | None = None,
+    ) -> Prepared:
+        """The noise of ``seeds`` and (``costs``) its cost matrix against ``x``, timed."""
         t0 = time.perf_counter()
-        c = cost_matrix(x, z, self.cost, self.threads)
-        t1 = time.perf_counter()
+        z = noise_from_seeds(seeds, x.shape[1:], threads or self.threads)
+        prepared = Prepared(rows, caches, seeds, x, z, None, {"noise": time.perf_counter() - t0})
+        if costs:
+            self._costs(prepared, threads)
+        return prepared
+
+    def _costs(self, prepared: Prepared, threads: int | None = None) -> None:
+        t0 = time.perf_counter()
+        prepared.cost = cost_matrix(prepared.x, prepared.z, self.cost, threads or self.threads)
+        prepared.seconds["cost"] = time.perf_counter() - t0
+
+    def _pair(self, prepared: Prepared, assigning=None) -> tuple[np.ndarray, CouplingStats]:
+        """The optimal re-pairing of the prepared noise to the data, and its stats."""
+        if prepared.cost is None:  # prepared ahead without its costs
+            self._costs(prepared)
+        if assigning is not None:
+            assigning()
+        t0 = time.perf_counter()
+        c, caches = prepared.cost, prepared.caches
         perm = assignment_from_cost(c, self.solver)
-        seconds.update(cost=t1 - t0, assign=time.perf_counter() - t1)
-        idx = np.arange(len(x))
+        seconds = {**prepared.seconds, "assign": time.perf_counter() - t0}
+        idx = np.arange(len(c))
         stats = CouplingStats(
             swaps=int((perm != idx).sum()),
             pre_cost=float(c[idx, idx].sum()),
@@ -162,21 +227,27 @@ class MinibatchOTCoupling(_FreshNoiseCoupling):
     kind = "minibatch-ot"
 
     def step(self, rows, x, rng):
-        z, stats = self._solve(x, rng)
-        return z[stats.perm], stats
+        prepared = self.prepare(rows, x, rng)
+        stats = self._solve(prepared)
+        return prepared.z[stats.perm], stats
 
-    def solve(self, rows, x, rng):
-        return self._solve(x, rng)[1]
+    def solve(self, rows, x, rng, prepared=None, assigning=None):
+        rows = np.asarray(rows, np.int64)
+        ahead = prepared is not None and np.array_equal(prepared.rows, rows)
+        stats = self._solve(prepared if ahead else self.prepare(rows, x, rng), assigning)
+        stats.ahead = ahead
+        return stats
 
-    def _solve(self, x, rng) -> tuple[np.ndarray, CouplingStats]:
+    def prepare(self, rows, x, rng, costs=True, threads=None):
         x = np.asarray(x, np.float32)
-        t0 = time.perf_counter()
         seeds = _fresh_seeds(rng, len(x))
-        z = noise_from_seeds(seeds, x.shape[1:], self.threads)
-        seconds = {"noise": time.perf_counter() - t0}
-        perm, stats = self._pair(x, z, np.zeros(len(x), np.int64), seconds)
-        stats.seeds = seeds[perm]
-        return z, stats
+        zeros = np.zeros(len(x), np.int64)
+        return self._prepare(np.asarray(rows, np.int64), x, zeros, seeds, costs, threads)
+
+    def _solve(self, prepared: Prepared, assigning=None) -> CouplingStats:
+        perm, stats = self._pair(prepared, assigning)
+        stats.seeds = prepared.seeds[perm]
+        return stats
 
 
 class PairsCoupling(Coupling):
@@ -217,21 +288,26 @@ class LoomCoupling(Coupling):
     def step(self, rows, x, rng):
         return self.step_with_caches(rows, x, self.choose_caches(len(rows), rng))
 
-    def solve(self, rows, x, rng):
-        return self._solve(rows, x, self.choose_caches(len(rows), rng))[1]
+    def solve(self, rows, x, rng, prepared=None, assigning=None):
+        rows, x, caches = self._checked(rows, x, self.choose_caches(len(rows), rng))
+        current = self._current(rows, x, caches, prepared)
+        stats = self._solve(current, assigning)[1]
+        stats.ahead = current is prepared
+        return stats
+
+    def prepare(self, rows, x, rng, costs=True, threads=None):
+        rows, x, caches = self._checked(rows, x, self.choose_caches(len(rows), rng))
+        return self._prepare(rows, x, caches, self.table.seeds[rows, caches], costs, threads)
 
     def step_with_caches(
         self, rows: np.ndarray, x: np.ndarray, caches: np.ndarray
     ) -> tuple[np.ndarray, CouplingStats]:
         """The deterministic part of a step, given the caches already drawn."""
-        z, stats = self._solve(rows, x, caches)
+        rows, x, caches = self._checked(rows, x, caches)
+        z, stats = self._solve(self._current(rows, x, caches, None))
         return z[stats.perm], stats
 
-    def _solve(
-        self, rows: np.ndarray, x: np.ndarray, caches: np.ndarray
-    ) -> tuple[np.ndarray, CouplingStats]:
-        """The step: the table updated, the drawn slots' noise (before the re-pairing)
-        and the stats."""
+    def _checked(self, rows, x, caches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = np.asarray(rows, np.int64)
         caches = np.asarray(caches, np.int64)
         x = np.asarray(x, np.float32)
@@ -248,16 +324,30 @@ class LoomCoupling(Coupling):
             # Two draws of one row could pick the same slot twice and break the
             # invariant that seeds are only permuted.
             raise ValueError("a minibatch must not repeat a table row")
-        t0 = time.perf_counter()
+        return rows, x, caches
+
+    def _current(self, rows, x, caches, prepared: Prepared | None) -> Prepared:
+        """``prepared`` if it was made for these slots and they still hold the seeds it
+        was made from (the steps in between touched other rows), else made now."""
         seeds = self.table.seeds[rows, caches]
-        z = noise_from_seeds(seeds, x.shape[1:], self.threads)
-        seconds = {"noise": time.perf_counter() - t0}
-        perm, stats = self._pair(x, z, caches, seconds)
+        if (
+            prepared is not None
+            and np.array_equal(prepared.rows, rows)
+            and np.array_equal(prepared.caches, caches)
+            and np.array_equal(prepared.seeds, seeds)
+        ):
+            return prepared
+        return self._prepare(rows, x, caches, seeds)
+
+    def _solve(self, prepared: Prepared, assigning=None) -> tuple[np.ndarray, CouplingStats]:
+        """The step: the table updated, the drawn slots' noise (before the re-pairing)
+        and the stats."""
+        perm, stats = self._pair(prepared, assigning)
         t0 = time.perf_counter()
-        stats.seeds = apply_permutation(self.table.seeds, rows, caches, perm)
+        stats.seeds = apply_permutation(self.table.seeds, prepared.rows, prepared.caches, perm)
         self.table.step += 1
-        seconds["update"] = time.perf_counter() - t0
-        return z, stats
+        stats.seconds["update"] = time.perf_counter() - t0
+        return prepared.z, stats
 
     def replay(self, rows, perm, rng):
         rows = np.asarray(rows, np.int64)

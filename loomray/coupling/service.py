@@ -8,7 +8,9 @@ Steps are solved strictly in order, so the table evolves exactly as in the
 sequential algorithm; workers submit step k+1 before training on step k, so the
 solve of k+1 overlaps the compute of k. Solves run in one worker thread (the
 "solver thread"): the actor keeps accepting submissions while it solves, and
-everything that reads or writes the table runs on that thread, in order.
+everything that writes the table runs on that thread, in order. While step k is
+assigned, step k+1's noise and cost matrix are prepared on another thread when
+its batches are in and its rows differ from k's (``loomray.coupling.lookahead``).
 
 Exact under faults:
 
@@ -45,6 +47,7 @@ from threadpoolctl import threadpool_limits
 
 from loomray.coupling.couplings import LoomCoupling, make_coupling, step_rng, undo_permutation
 from loomray.coupling.journal import Record
+from loomray.coupling.lookahead import Lookahead
 from loomray.coupling.recovery import SNAPSHOT_NAME, DurableState, Solved
 from loomray.coupling.table import AssignmentTable
 from loomray.coupling.telemetry import ServiceTelemetry
@@ -92,6 +95,17 @@ class _Step:
     waiters: collections.Counter = field(default_factory=collections.Counter)
     error: BaseException | None = None
     event: asyncio.Event = field(default_factory=asyncio.Event)
+    batch: tuple[tuple[int, ...], np.ndarray, np.ndarray] | None = None
+    """The ranks' parts joined in rank order (counts, rows, x), once all are in."""
+
+    def joined(self) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+        if self.batch is None:
+            ranks = sorted(self.parts)
+            counts = tuple(len(self.parts[r][0]) for r in ranks)
+            rows = np.concatenate([self.parts[r][0] for r in ranks])
+            x = np.concatenate([self.parts[r][1] for r in ranks])
+            self.batch = (counts, rows, x)
+        return self.batch
 
 
 def _reconstructed() -> bool:
@@ -169,6 +183,8 @@ class CouplingService:
         self.coupling.threads = max(1, int(spec.threads))
         self.steps: dict[int, _Step] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-solve")
+        self.lookahead = Lookahead(self.coupling.threads)
+        self.solving: tuple[int, np.ndarray] | None = None  # the step being assigned, its rows
         # One BLAS thread: the service lives beside busy training workers, and
         # idle OpenBLAS threads spin on the cores they need.
         threadpool_limits(limits=1)
@@ -177,6 +193,7 @@ class CouplingService:
         self.waits: collections.deque = collections.deque(maxlen=1000)
         self.loss: float | None = None
         self.solved = 0
+        self.ahead = 0  # solves whose noise and costs were prepared during the step before
         self.restored_at: int | None = None
         self.solved_since_restore = 0
         self.submits: dict[int, int] = {}  # batches received per rank
@@ -226,8 +243,10 @@ class CouplingService:
             return await loop.run_in_executor(self.executor, self._answer_again, step, rank, rows)
         entry = self.steps.setdefault(step, _Step())
         entry.parts[rank] = (rows, x)
+        entry.batch = None
         entry.waiters[rank] += 1
         self._kick()
+        self._look_ahead()
         try:
             await self._wait_for_ranks(step, entry)
         finally:
@@ -329,25 +348,47 @@ class CouplingService:
         while (step := self._ready()) is not None:
             entry = self.steps[step]
             ranks = sorted(entry.parts)
-            counts = tuple(len(entry.parts[r][0]) for r in ranks)
-            rows = np.concatenate([entry.parts[r][0] for r in ranks])
-            x = np.concatenate([entry.parts[r][1] for r in ranks])
+            counts, rows, x = entry.joined()
             entry.parts.clear()
+
+            def assigning(step=step, rows=rows) -> None:  # on the solver thread
+                loop.call_soon_threadsafe(self._assigning, step, rows)
+
             try:
                 seeds = await loop.run_in_executor(
-                    self.executor, self._solve, step, counts, rows, x
+                    self.executor, self._solve, step, counts, rows, x, assigning
                 )
             except Exception as err:  # handed to every waiting rank
                 entry.error = err
                 entry.event.set()
                 continue
+            finally:
+                self.solving = None
             bounds = np.cumsum([0, *counts])
             for r, lo, hi in zip(ranks, bounds[:-1], bounds[1:], strict=True):
                 entry.results[r] = seeds[lo:hi]
             self.next_step = step + 1
             entry.event.set()
 
-    def _solve(self, step: int, counts: tuple[int, ...], rows: np.ndarray, x: np.ndarray):
+    def _assigning(self, step: int, rows: np.ndarray) -> None:
+        """``step`` is being assigned: prepare the step after it beside the assignment."""
+        if self.next_step == step:  # not solved already
+            self.solving = (step, rows)
+            self._look_ahead()
+
+    def _look_ahead(self) -> None:
+        """Prepare the step after the one being assigned once all its batches are in."""
+        if self.solving is None:
+            return
+        step = self.solving[0] + 1
+        entry = self.steps.get(step)
+        if entry is None or entry.event.is_set() or self._missing(step):
+            return
+        counts, rows, x = entry.joined()
+        rng = step_rng(self.spec.seed, step)
+        self.lookahead.start(self.coupling, step, rows, x, rng, self.solving[1])
+
+    def _solve(self, step: int, counts: tuple[int, ...], rows, x, assigning=None):
         """One step on the solver thread: solve, journal, and only then reply."""
         t0 = time.perf_counter()
         if self.table is not None:
@@ -356,7 +397,8 @@ class CouplingService:
             self.durable.begin(self.table, step, creation=False)
         if self.failed:
             raise DurabilityError(self.failed)
-        stats = self.coupling.solve(rows, x, step_rng(self.spec.seed, step))
+        prepared = self.lookahead.take(step)
+        stats = self.coupling.solve(rows, x, step_rng(self.spec.seed, step), prepared, assigning)
         record = Record(step, rows, stats.perm, counts)
         if self.durable is not None:
             try:
@@ -372,6 +414,8 @@ class CouplingService:
         self.recent.append(Solved(record, stats.caches, stats.seeds))
         seconds = time.perf_counter() - t0
         self.solved += 1
+        self.ahead += stats.ahead
+        self.lookahead.observe(stats)
         self.solved_since_restore += 1
         self._observe(step, seconds, stats, len(rows))
         if self.durable is not None and (step + 1) % self.spec.snapshot_every == 0:
@@ -484,8 +528,10 @@ class CouplingService:
         self.recent.clear()
         self.restored_at, self.solved_since_restore = step, 0
         self.table = table
+        self.lookahead.clear()
         if table is not None:
             self.coupling = LoomCoupling(table, self.spec.cost)
+            self.coupling.threads = max(1, int(self.spec.threads))
         self.next_step, self.lost = step, ""
         if self.durable is not None:
             try:
@@ -539,6 +585,7 @@ class CouplingService:
             "world": self.spec.world,
             "step": (self.next_step - 1) if self.next_step is not None else -1,
             "solves": self.solved,
+            "prepared_ahead": self.ahead,
             "restarts": self.restarts,
             "phase": self._phase(),
             "queue_depth": sum(1 for e in self.steps.values() if not e.event.is_set()),

@@ -150,3 +150,65 @@ def test_baselines_through_the_same_service(kind):
     outs = asyncio.run(run_ranks(service, 5, x_all))
     assert service.table is None and asyncio.run(service.table_at(3)) is None
     assert outs[0][4].shape == (PER_RANK, DIM)
+
+
+def epoch_rows(step):
+    """Rows as training draws them: one permutation per epoch, consecutive batches of it
+    (so consecutive steps of an epoch share no row)."""
+    per_epoch = ROWS // (WORLD * PER_RANK)
+    epoch, i = divmod(step, per_epoch)
+    return np.random.default_rng([7, epoch]).permutation(ROWS)[i * 16 : (i + 1) * 16]
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1e9], ids=["noise-and-costs", "noise"])
+def test_steps_prepared_ahead_change_nothing(monkeypatch, ratio):
+    """Within an epoch the next step's noise (and costs) are prepared while this one is
+    assigned; the tables and answers are the sequential algorithm's."""
+    monkeypatch.setitem(globals(), "rows_of", epoch_rows)
+    monkeypatch.setattr("loomray.coupling.lookahead.RATIO", ratio)
+    x_all = data()
+    service = CouplingService(spec(threads=2))
+    outs = asyncio.run(run_ranks(service, 30, x_all))
+    table, noises = replay(30, x_all)
+    assert np.array_equal(service.table.seeds, table.seeds)
+    for s in range(30):
+        assert np.array_equal(np.concatenate([outs[0][s], outs[1][s]]), noises[s])
+    # every step but an epoch's first (rows shared with the step before) could be
+    assert 0 < service.stats()["prepared_ahead"] <= 30 - 30 // 6
+
+
+def test_a_prepared_step_whose_slots_changed_is_computed_again():
+    """What was prepared is used only while its slots hold the seeds it was made from."""
+    x_all = data()
+    coupling, reference = (LoomCoupling(AssignmentTable.create(ROWS, 1, seed=3)) for _ in "ab")
+    a, b = np.arange(0, 16), np.arange(8, 24)  # b shares rows 8..15 with a
+    c = np.arange(40, 56)  # c shares none
+    early_b = coupling.prepare(b, x_all[b], step_rng(0, 1))
+    early_c = coupling.prepare(c, x_all[c], step_rng(0, 2))
+    coupling.solve(a, x_all[a], step_rng(0, 0))
+    stale = coupling.solve(b, x_all[b], step_rng(0, 1), early_b)
+    fresh = coupling.solve(c, x_all[c], step_rng(0, 2), early_c)
+    assert not stale.ahead and fresh.ahead
+    for s, rows in enumerate((a, b, c)):
+        reference.solve(rows, x_all[rows], step_rng(0, s))
+    assert np.array_equal(coupling.table.seeds, reference.table.seeds)
+
+
+def test_steps_are_prepared_ahead_only_with_cores_to_spare_and_time_to_gain():
+    from loomray.coupling.couplings import CouplingStats
+    from loomray.coupling.lookahead import Lookahead
+
+    x_all = data()
+    coupling = LoomCoupling(AssignmentTable.create(ROWS, 1, seed=3))
+    a, b = np.arange(0, 16), np.arange(40, 56)
+    assert not Lookahead(1).start(coupling, 1, b, x_all[b], step_rng(0, 1), a)
+    two = Lookahead(2)
+    assert not two.start(coupling, 1, a, x_all[a], step_rng(0, 1), a)  # shares rows
+    two.observe(CouplingStats(0, 0, 0, a, {"noise": 1.0, "cost": 3.0, "assign": 1.0}))
+    assert two.start(coupling, 1, b, x_all[b], step_rng(0, 1), a)
+    assert two.take(1).cost is None  # the assignment is short: the noise alone
+    two.observe(CouplingStats(0, 0, 0, a, {"noise": 1.0, "cost": 3.0, "assign": 2.0}))
+    assert two.start(coupling, 1, b, x_all[b], step_rng(0, 1), a)
+    assert two.take(1).cost is not None and two.take(1) is None
+    stats = coupling.solve(a, x_all[a], step_rng(0, 0))
+    assert not stats.ahead

@@ -40,8 +40,8 @@ def hold_a_solve(monkeypatch, service, step):
     written, release = threading.Event(), threading.Event()
     original = service.coupling._solve  # what applies a step to the table
 
-    def held(rows, x, caches):
-        out = original(rows, x, caches)
+    def held(prepared, assigning=None):
+        out = original(prepared, assigning)
         if service.table.step == step + 1:  # the step has just been applied
             written.set()
             release.wait(10)
