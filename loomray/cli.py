@@ -822,6 +822,7 @@ def _status_table(s: dict) -> None:
             " ".join(f"{c:.3f}" for c in (s.get("cost_trend") or [])[-5:]) or "-",
         ),
         ("solve latency", f"{num('solve_ms', '{:.2f}')} ms"),
+        ("solves prepared ahead", f"{s.get('prepared_ahead', 0)} of {s.get('solves', 0)}"),
         ("worker wait", f"{num('wait_ms', '{:.2f}')} ms"),
         ("queue depth", str(s["queue_depth"])),
         (
@@ -1078,7 +1079,7 @@ def bench_coupling_cmd(
     console.print(
         f"LOOM coupling: rows={r.rows} K={r.caches} batch={r.batch} dim={r.dim} "
         f"data={r.data} solver={r.solver} (timed after {r.warmup} solves)"
-        + (", next step prepared during each assignment" if r.lookahead else "")
+        + (", next step prepared during each assignment" if r.lookahead and r.threads > 1 else "")
     )
     table = Table()
     table.add_column("part")
