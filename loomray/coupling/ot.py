@@ -11,10 +11,8 @@ algorithm (``loomray.coupling.jv``), which returns ``lap.lapjv``'s very permutat
 (tested, ties included) and releases the GIL, so the service prepares the next
 step meanwhile. It is exact like scipy's ``linear_sum_assignment`` (the same
 optimal cost, tested, ties included) and far faster on LOOM's matrices once the
-table is near-optimal: measured on 3072-D image batches after the table has
-settled, 2.8 against 31 ms at batch 512 and 157 against 2687 ms at 2048
-(docs/results.md). Where several permutations are optimal scipy may pick another;
-a run's journal keeps the one it used.
+table is near-optimal (docs/results.md). Where several permutations are optimal
+scipy may pick another; a run's journal keeps the one it used.
 """
 
 from __future__ import annotations
