@@ -1,5 +1,5 @@
-"""`loomray bench loop` (the training step alone, optionally profiled) and `loomray bench
-sample` (the speed of each sampler on a trained model)."""
+"""`loomray bench eval/quality/sample/loop`: a trained model's evaluation cost,
+quality against the baselines, sampler speed, and the training step alone."""
 
 from __future__ import annotations
 
@@ -8,16 +8,157 @@ from pathlib import Path
 
 import typer
 
-from loomray.cli import (
+from loomray.cli.common import (
     Table,
     _config_or_fail,
-    _device_name,
     _device_or_fail,
     _path_or_fail,
+    _worker_counts,
     bench_app,
     console,
     fail,
+    keep_results,
+    locked_or_fail,
+    scaling,
 )
+
+
+def _device_name(dev: str) -> str:
+    import torch
+
+    device = torch.device(dev)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
+@bench_app.command("eval")
+def bench_eval_cmd(
+    config: str = typer.Option("digits", "--config", "-c", help="Preset name or YAML path."),
+    overrides: list[str] = typer.Argument(None, help="section.key=value overrides."),
+    workers: str = typer.Option("1,2", help="Comma-separated worker counts to time."),
+    n: int = typer.Option(None, help="Samples per sampler (default: eval.n)."),
+    steps: int = typer.Option(300, help="Training steps of the model evaluated."),
+    repeats: int = typer.Option(2, help="Timed rounds over the worker counts."),
+    address: str = typer.Option(None, help="Ray cluster to join (default: a local Ray)."),
+) -> None:
+    """Wall time of one evaluation (every eval.methods sampler) with 1, 2, ... workers."""
+
+    from loomray.bench.eval import bench_eval
+    from loomray.data import DatasetError
+    from loomray.evaluate import EvaluationError
+    from loomray.ray_cluster import LaunchError, connect
+
+    counts = sorted(set(_worker_counts(workers)))
+    if steps < 1 or repeats < 1:
+        fail(f"--steps and --repeats must be at least 1, got {steps} and {repeats}")
+    cfg = _config_or_fail(config, list(overrides or []))
+    count = n or cfg.eval.n
+    try:
+        connect(address, quiet=True)
+        with console.status(f"{cfg.name}: evaluating {count} samples per sampler..."):
+            runs = bench_eval(cfg, counts, count, steps, repeats)
+    except (LaunchError, DatasetError, EvaluationError) as err:
+        fail(str(err))
+    methods = list(cfg.eval.methods)
+    table = Table(title=f"{cfg.name}: {count} samples x {', '.join(methods)}")
+    for col in ("workers", "seconds (median)", "speed-up", *methods):
+        table.add_column(col, justify="right")
+    for w, seconds, speedup in scaling(runs, counts):
+        values = [f"{next(r for r in runs if r.workers == w).values[m]:.4f}" for m in methods]
+        table.add_row(str(w), f"{seconds:.1f}", f"{speedup:.2f}x", *values)
+    console.print(table)
+    console.print(f"per round: {', '.join(f'{r.workers}w {r.seconds:.1f}s' for r in runs)}")
+
+
+@bench_app.command("quality")
+def bench_quality_cmd(
+    config: str = typer.Option("digits", "--config", "-c", help="Preset name or YAML path."),
+    overrides: list[str] = typer.Argument(None, help="section.key=value overrides."),
+    seeds: int = typer.Option(3, help="Seeds per coupling."),
+    steps: int = typer.Option(None, help="Training steps of every run (default: the config's)."),
+    n: int = typer.Option(None, help="Samples per score (default: eval.n)."),
+    out: str = typer.Option("bench-quality", help="Folder for the table (JSON) and the plot."),
+    methods: str = typer.Option(
+        None, help="Samplers to score, comma-separated (default: the config's eval.methods)."
+    ),
+    jobs: int = typer.Option(1, help="Runs side by side, one process and one thread each."),
+) -> None:
+    """Independent vs minibatch-OT vs LOOM: same model, steps and seeds; quality per NFE."""
+
+    from loomray.bench.quality import run_quality
+    from loomray.data import DatasetError
+    from loomray.evaluate import EvaluationError, method_names
+    from loomray.paths import folder_to_write
+
+    extra = list(overrides or []) + ([f"train.steps={steps}"] if steps else [])
+    cfg = _config_or_fail(config, extra)
+    folder = _path_or_fail(folder_to_write, out, "--out")
+    if seeds < 1 or jobs < 1:
+        fail(f"--seeds and --jobs must be at least 1, got {seeds} and {jobs}")
+    try:
+        names = method_names(methods, cfg)
+    except EvaluationError as err:
+        fail(str(err))
+    keep_results(folder, "quality.json")
+    with locked_or_fail(folder, "output folder"):
+        try:
+            runs, global_pair, metric = run_quality(
+                cfg, seeds, names, n, log=lambda line: console.print(line), jobs=jobs
+            )
+        except (EvaluationError, DatasetError) as err:
+            fail(str(err))
+        _quality_table(cfg, seeds, runs, metric, global_pair)
+        _write_quality(folder, cfg, seeds, runs, metric, global_pair)
+
+
+def _quality_table(cfg, seeds: int, runs, metric: str, global_pair: float) -> None:
+    import numpy as np
+
+    from loomray.bench.quality import KINDS, summarize
+
+    methods = list(runs[0].scores)
+    summary = summarize(runs, methods)
+    table = Table(
+        title=f"{cfg.name}: {metric.upper()} (mean ± std over {seeds} seeds), "
+        f"{cfg.train.steps} steps"
+    )
+    table.add_column("sampler (NFE)")
+    for kind in KINDS:
+        table.add_column(kind, justify="right")
+    for m in methods:
+        nfe = np.mean([r.nfe[m] for r in runs])
+        table.add_row(
+            f"{m} ({nfe:.0f})", *(f"{summary[k][m][0]:.3f} ± {summary[k][m][1]:.3f}" for k in KINDS)
+        )
+    table.add_row("pair cost", *(f"{summary[k]['pair_cost'][0]:.4f}" for k in KINDS))
+    table.add_row("global OT pair cost", *(f"{global_pair:.4f}" for _ in KINDS))
+    console.print(table)
+
+
+def _write_quality(folder: Path, cfg, seeds: int, runs, metric: str, global_pair: float) -> None:
+    import json
+
+    from loomray.bench.quality import plot_quality, summarize
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "quality.json").write_text(
+        json.dumps(
+            {
+                "config": cfg.to_dict(),
+                "metric": metric,
+                "global_ot_pair_cost": global_pair,
+                "runs": [r.__dict__ for r in runs],
+            },
+            indent=2,
+        )
+    )
+    plot = plot_quality(
+        summarize(runs, list(runs[0].scores)),
+        runs,
+        metric,
+        folder / "quality.png",
+        f"{cfg.name}: {cfg.train.steps} steps, {seeds} seeds",
+    )
+    console.print(f"wrote {folder / 'quality.json'} and {plot}", markup=False)
 
 
 @bench_app.command("sample")
@@ -199,40 +340,3 @@ def _write_profiles(runs, folder: Path, title: str) -> None:
     console.print(f"wrote the profiles to {folder}", markup=False)
 
 
-@bench_app.command("sweep")
-def bench_sweep_cmd(
-    trials: int = typer.Option(16, help="Trials of each sweep."),
-    steps: int = typer.Option(60, help="Training steps of each model (of batch 128)."),
-    gpu_nodes: int = typer.Option(4, help="Fake GPU nodes the autoscaler may add."),
-    gpus_per_node: int = typer.Option(4, help="GPUs each fake node declares."),
-    out: str = typer.Option(None, help="Also write the table as JSON here."),
-) -> None:
-    """GPU time a sweep of caches.yaml's shape keeps busy, on a fake autoscaling GPU
-    cluster (tiny models on the CPU): trials waiting in their slots vs put aside."""
-    from dataclasses import asdict
-
-    from loomray.bench.sweep import bench_sweep
-    from loomray.paths import file_to_write
-    from loomray.sweep import SweepError
-
-    if min(trials, steps, gpu_nodes, gpus_per_node) < 1:
-        fail("--trials, --steps, --gpu-nodes and --gpus-per-node must be at least 1")
-    path = _path_or_fail(file_to_write, out, "--out") if out else None
-    try:
-        runs = bench_sweep(trials, steps, gpu_nodes, gpus_per_node, log=console.print)
-    except SweepError as err:
-        fail(str(err))
-    gpus = gpu_nodes * gpus_per_node
-    table = Table(title=f"caches.yaml's shape, {trials} trials, {gpus} fake GPUs")
-    for col in ("waiting trials", "at once", "wall s", "GPU time held", "slot-s waited",
-                "models trained", "trials done", "pruned"):
-        table.add_column(col, justify="right")
-    for r in runs:
-        table.add_row(
-            "put aside" if r.put_aside else "hold a slot", str(r.concurrency),
-            f"{r.seconds:.0f}", f"{100 * r.busy:.0f}%", f"{r.waited_s:.0f}", str(r.trained),
-            str(r.finished), str(r.pruned),
-        )
-    console.print(table)
-    if path:
-        path.write_text(json.dumps([asdict(r) for r in runs], indent=2))

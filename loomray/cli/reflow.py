@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from loomray.cli import (
+from loomray.cli.common import (
     DASHBOARD_HOST_HELP,
     Table,
     _config_or_fail,
@@ -210,7 +210,7 @@ def _scores(checkpoint: str, cfg, path: Path, workers: int, gpus: bool) -> dict:
     """A checkpoint's scores with ``cfg``'s samplers, computed once and kept in ``path``."""
     import torch
 
-    from loomray.cli import _evaluate_on_workers
+    from loomray.cli.common import _evaluate_on_workers
     from loomray.evaluate import make_evaluator, write_results
     from loomray.reflow.chain import read_scores
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from loomray.cli import (
+from loomray.cli.common import (
     Table,
     app,
     bench_app,
@@ -20,7 +20,6 @@ from loomray.cli import (
 )
 
 SD_SCALE = 0.18215  # Stable Diffusion's latent factor for its KL-f8 autoencoder
-
 
 def _images_config(data: str, images: str, resolution: int, channels: int, flip: bool, limit):
     from loomray.config import ConfigError, config_from_dict
@@ -187,7 +186,7 @@ def bench_latents_cmd(
 ) -> None:
     """Training steps/s on pre-encoded latents vs encoding every batch (the authors' way)."""
     from loomray.bench.latents import bench_latents, tiny_autoencoder
-    from loomray.cli import _config_or_fail
+    from loomray.cli.common import _config_or_fail
     from loomray.config import ConfigError, config_from_dict
     from loomray.data import DatasetError
     from loomray.latents.autoencoder import AutoencoderError, load_autoencoder
