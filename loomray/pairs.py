@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loomray.data import ArrayDataset, DatasetError
+from loomray.data.contract import ArrayDataset, DatasetError
 from loomray.shards import Manifest, ShardFolder, ShardsError
 
 MANIFEST = "pairs.json"

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from loomray.coupling import noise_from_seeds
-from loomray.data import DatasetError, RowDataset
+from loomray.data.contract import DatasetError, RowDataset
 from loomray.shards import Manifest, ShardFolder, ShardsError
 
 MANIFEST = "latents.json"
