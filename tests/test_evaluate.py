@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from loomray.checkpoint import save_checkpoint
 from loomray.cli import app
 from loomray.config import load_config
-from loomray.evaluate import (
+from loomray.evaluation.evaluate import (
     EvaluationError,
     energy_distance,
     evaluate_model,
@@ -129,7 +129,7 @@ def test_toy2d_uses_energy_distance():
 
 
 def test_sampling_runs_in_fp32_unless_asked_whatever_training_ran_in():
-    from loomray.evaluate import sampling_in_bf16, with_precision
+    from loomray.evaluation.evaluate import sampling_in_bf16, with_precision
 
     trained_bf16 = load_config("cifar10", ["train.bf16=true"])
     assert trained_bf16.eval.precision == "fp32"

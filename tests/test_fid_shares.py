@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from loomray.config import load_config
-from loomray.evaluate import (
+from loomray.evaluation.evaluate import (
     combine_shares,
     eval_batches,
     evaluate_model,
@@ -13,7 +13,7 @@ from loomray.evaluate import (
     sample_shares,
     to_uint8,
 )
-from loomray.fid import FeatureSums
+from loomray.evaluation.fid import FeatureSums
 from loomray.train.loop import train_local
 
 
@@ -74,7 +74,7 @@ def test_our_fid_is_torch_fidelitys(digits_model):
     evaluator = make_evaluator(cfg)
     (row,) = evaluate_model(model, cfg, ["euler-2"], 600, evaluator)
     from loomray.coupling import noise_from_seeds
-    from loomray.evaluate import EVAL_SEED_OFFSET
+    from loomray.evaluation.evaluate import EVAL_SEED_OFFSET
     from loomray.sampling import sample
 
     z = torch.from_numpy(noise_from_seeds(np.arange(600) + EVAL_SEED_OFFSET, cfg.sample_shape))

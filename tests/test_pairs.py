@@ -11,7 +11,7 @@ from loomray.checkpoint import load_checkpoint, save_checkpoint
 from loomray.config import ConfigError, load_config
 from loomray.coupling import make_coupling, noise_from_seeds, step_rng
 from loomray.data import DatasetError, build_dataset
-from loomray.evaluate import to_uint8
+from loomray.evaluation.evaluate import to_uint8
 from loomray.models import build_model
 from loomray.pairs import (
     PairsDataset,

@@ -107,7 +107,7 @@ def test_inception_weights_that_would_run_code_run_nothing(tmp_path, monkeypatch
 
     import torch
 
-    from loomray.evaluate import (
+    from loomray.evaluation.evaluate import (
         INCEPTION,
         PAPER_WEIGHTS_ENV,
         WEIGHTS_ENV,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from loomray.checkpoint import save_checkpoint
 from loomray.config import Config
-from loomray.evaluate import make_evaluator
-from loomray.evaluate_workers import evaluate_with_workers
+from loomray.evaluation.evaluate import make_evaluator
+from loomray.evaluation.workers import evaluate_with_workers
 from loomray.train.loop import train_local
 
 

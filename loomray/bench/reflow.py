@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from loomray.bench.quality import KINDS  # the same three couplings, side by side
 from loomray.checkpoint import load_checkpoint, save_checkpoint
 from loomray.config import Config
-from loomray.evaluate import evaluate_model, make_evaluator
+from loomray.evaluation.evaluate import evaluate_model, make_evaluator
 from loomray.pairs import mean_nfe
 from loomray.reflow.chain import reflow_config, reflow_preset
 from loomray.reflow.generate import generate_pairs, plan_pairs

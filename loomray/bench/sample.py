@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from loomray.config import Config
-from loomray.evaluate import eval_batches, eval_noise, sample_eval
+from loomray.evaluation.evaluate import eval_batches, eval_noise, sample_eval
 from loomray.sampling import parse_method
 
 

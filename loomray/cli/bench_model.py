@@ -44,7 +44,7 @@ def bench_eval_cmd(
 
     from loomray.bench.eval import bench_eval
     from loomray.data import DatasetError
-    from loomray.evaluate import EvaluationError
+    from loomray.evaluation.evaluate import EvaluationError
     from loomray.ray_cluster import LaunchError, connect
 
     counts = sorted(set(_worker_counts(workers)))
@@ -86,7 +86,7 @@ def bench_quality_cmd(
 
     from loomray.bench.quality import run_quality
     from loomray.data import DatasetError
-    from loomray.evaluate import EvaluationError, method_names
+    from loomray.evaluation.evaluate import EvaluationError, method_names
     from loomray.paths import folder_to_write
 
     extra = list(overrides or []) + ([f"train.steps={steps}"] if steps else [])

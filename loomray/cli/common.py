@@ -307,7 +307,7 @@ def _report_interrupt(stop, again: list[str]) -> None:
 def _evaluate_on_workers(
     checkpoint, names, count, evaluator, workers, gpus, address, precision=None
 ):
-    from loomray.evaluate_workers import evaluate_with_workers
+    from loomray.evaluation.workers import evaluate_with_workers
     from loomray.ray_cluster import connect
 
     connect(address, quiet=True)

@@ -42,7 +42,7 @@ def sample_cmd(
     from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint
     from loomray.coupling import noise_from_seeds
     from loomray.data import DatasetError
-    from loomray.evaluate import sample_eval, with_precision
+    from loomray.evaluation.evaluate import sample_eval, with_precision
     from loomray.images import GRID_MOST, save_sample_array, save_samples
     from loomray.latents.autoencoder import AutoencoderError
     from loomray.latents.decode import to_images
@@ -119,7 +119,7 @@ def evaluate_cmd(
 
     from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint, run_dir_of
     from loomray.data import DatasetError
-    from loomray.evaluate import (
+    from loomray.evaluation.evaluate import (
         EvaluationError,
         make_evaluator,
         method_names,
@@ -184,7 +184,7 @@ def _eval_table(title: str, rows) -> None:
 
 def _evaluate_here(model, cfg, names, count, evaluator, dev):
     """``evaluate_model`` in this process, with a status line."""
-    from loomray.evaluate import evaluate_model
+    from loomray.evaluation.evaluate import evaluate_model
 
     with console.status("sampling and scoring...") as status:
         return evaluate_model(

@@ -211,7 +211,7 @@ def _scores(checkpoint: str, cfg, path: Path, workers: int, gpus: bool) -> dict:
     import torch
 
     from loomray.cli.common import _evaluate_on_workers
-    from loomray.evaluate import make_evaluator, write_results
+    from loomray.evaluation.evaluate import make_evaluator, write_results
     from loomray.reflow.chain import read_scores
 
     scores = read_scores(path, cfg)
@@ -306,7 +306,7 @@ def bench_reflow_cmd(
     from loomray.bench.quality import KINDS
     from loomray.bench.reflow import run_reflow_study
     from loomray.data import DatasetError
-    from loomray.evaluate import EvaluationError
+    from loomray.evaluation.evaluate import EvaluationError
     from loomray.pairs import PairsError
     from loomray.paths import folder_to_write
     from loomray.reflow.chain import ReflowError

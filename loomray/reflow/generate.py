@@ -23,7 +23,7 @@ import torch
 
 from loomray.checkpoint import config_of, ema_model_of
 from loomray.coupling import noise_from_seeds
-from loomray.evaluate import to_uint8
+from loomray.evaluation.evaluate import to_uint8
 from loomray.pairs import (
     PairsError,
     PairsManifest,

@@ -256,7 +256,7 @@ class SweepSpec:
 
 
 def metric_of(cfg: Config) -> str:
-    """The quality metric a config is scored with (see loomray.evaluate)."""
+    """The quality metric a config is scored with (see loomray.evaluation.evaluate)."""
     return "energy" if cfg.data.name == "toy2d" else "fid"
 
 

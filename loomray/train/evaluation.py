@@ -78,7 +78,7 @@ class TrainingEvaluation:
             raise RuntimeError(f"loomray: the evaluation this training needs cannot run: {failed}")
 
     def _prepare(self) -> str | None:
-        from loomray.evaluate import make_evaluator
+        from loomray.evaluation.evaluate import make_evaluator
 
         if self.disabled:
             return "switched off earlier"
@@ -92,7 +92,7 @@ class TrainingEvaluation:
             return f"rank {self.rank}: {err}"
 
     def _my_share(self, model: torch.nn.Module):
-        from loomray.evaluate import sample_shares
+        from loomray.evaluation.evaluate import sample_shares
 
         cfg = self.cfg
         try:
@@ -138,8 +138,8 @@ class TrainingEvaluation:
     def _reduce(self, parts):
         import torch.distributed as dist
 
-        from loomray.evaluate import MethodShare
-        from loomray.fid import FeatureSums
+        from loomray.evaluation.evaluate import MethodShare
+        from loomray.evaluation.fid import FeatureSums
 
         on_gpu = dist.get_backend() == "nccl"
         dev = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
@@ -162,7 +162,7 @@ class TrainingEvaluation:
         return out
 
     def _score(self, parts, step: int) -> dict[str, float]:
-        from loomray.evaluate import combine_shares, write_results
+        from loomray.evaluation.evaluate import combine_shares, write_results
 
         rows = combine_shares(self.evaluator, self.cfg.eval.methods, self.cfg.eval.n, parts)
         write_results(rows, self.run_dir / "eval", f"eval-step{step:07d}-train")

@@ -73,7 +73,7 @@ class PaperInception(nn.Module):
 
 def paper_inception(weights: str | None, device: str) -> nn.Module:
     """The paper's feature network; ``weights``: a local torchvision Inception-v3 file."""
-    from loomray.evaluate import weights_state
+    from loomray.evaluation.weights import weights_state
 
     state = weights_state(weights, "paper") if weights else None
     return PaperInception(state).to(device)

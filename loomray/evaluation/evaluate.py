@@ -7,7 +7,7 @@ Which metric a config gets:
   ``$LOOMRAY_FID_WEIGHTS``; failing both, torch-fidelity downloads them, and if
   that fails too the error says how to supply them.
 * digits, mnist: FID in the feature space of a small classifier trained on the
-  set itself (loomray.classifier_fid: deterministic, cached under
+  set itself (loomray.evaluation.classifier_fid: deterministic, cached under
   ``~/.cache/loomray``, its held-out accuracy reported), so an offline sweep has a
   real FID objective.
 * toy2d: the energy distance between samples and data (exact, no network).
@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from loomray.classifier_fid import EXTRACTORS, FEATURES, SETS, cache_dir
 from loomray.config import Config
 from loomray.coupling import noise_from_seeds
 from loomray.durable import replacing, write_text
-from loomray.fid import FeatureSums, extract_features, frechet_distance
+from loomray.evaluation.classifier_fid import EXTRACTORS, FEATURES, SETS, cache_dir
+from loomray.evaluation.fid import FeatureSums, extract_features, frechet_distance
+from loomray.evaluation.weights import EvaluationError, weights_state
 from loomray.sampling import SampleResult, parse_method, sample
 from loomray.tensor_files import plain_copy
 
@@ -43,10 +44,6 @@ PAPER_WEIGHTS_ENV = "LOOMRAY_PAPER_FID_WEIGHTS"  # torchvision's Inception, for 
 PROTOCOLS = ("standard", "paper")
 INCEPTION = "inception-v3-compat"
 EVAL_SEED_OFFSET = 2 * 10**12  # evaluation noise never collides with training seeds
-
-
-class EvaluationError(ValueError):
-    """An evaluation cannot run as asked; the message says how to fix it."""
 
 
 # ---- metrics -------------------------------------------------------------------
@@ -67,7 +64,7 @@ class Evaluator:
 
     A set can be scored in shares (``share`` per part, ``value`` of them all), so
     several workers each sample and featurize a part and only the shares travel:
-    FeatureSums for FID (see loomray.fid), the samples themselves for toy2d."""
+    FeatureSums for FID (see loomray.evaluation.fid), the samples themselves for toy2d."""
 
     metric: str  # "fid" or "energy"
     reference: torch.Tensor
@@ -77,7 +74,8 @@ class Evaluator:
     device: str = "cpu"
     note: str = ""
     protocol: str = "standard"
-    """standard (torch-fidelity's TF-Inception on uint8) or paper (see loomray.paper_fid)."""
+    """standard (torch-fidelity's TF-Inception on uint8) or paper (see
+    loomray.evaluation.paper_fid)."""
     split: str = "train"
     """The dataset split the reference images come from."""
     _model: nn.Module | None = field(default=None, repr=False)
@@ -115,7 +113,7 @@ class Evaluator:
         return self._model
 
     def _paper_extractor(self) -> nn.Module:
-        from loomray.paper_fid import TORCHVISION_WEIGHTS, paper_inception
+        from loomray.evaluation.paper_fid import TORCHVISION_WEIGHTS, paper_inception
 
         try:
             return paper_inception(self.weights, self.device)
@@ -140,7 +138,7 @@ class Evaluator:
         if self.metric == "energy":
             return {key: samples.detach().double().cpu()}
         if self.protocol == "paper":
-            from loomray.paper_fid import to_unit
+            from loomray.evaluation.paper_fid import to_unit
 
             images = to_unit(samples.detach().cpu())
         else:
@@ -269,7 +267,7 @@ def make_evaluator(
         return _share_evaluator(cfg, fid_weights, device, protocol)
     drawn = None
     if protocol == "paper":
-        from loomray.paper_fid import real_count, real_indices
+        from loomray.evaluation.paper_fid import real_count, real_indices
 
         if cfg.data.name == "cifar10":
             split = "test"  # the authors draw CIFAR-10's real images from its test split
@@ -283,7 +281,7 @@ def make_evaluator(
     digest = hashlib.sha256(reference.numpy().tobytes()).hexdigest()[:12]
     cache_name = f"loomray-{cfg.data.name}-{split}-{len(reference)}-{digest}"
     if cfg.data.name in SETS:
-        from loomray.classifier_fid import classifier, register_extractor
+        from loomray.evaluation.classifier_fid import classifier, register_extractor
 
         extractor = register_extractor(cfg.data.name)
         _, accuracy = classifier(cfg.data.name)
@@ -303,7 +301,7 @@ def make_evaluator(
     if weights:
         cache_name += "-" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:8]
     if protocol == "paper":
-        from loomray.paper_fid import PAPER_EXTRACTOR
+        from loomray.evaluation.paper_fid import PAPER_EXTRACTOR
 
         note = f"paper protocol: torchvision Inception FID, {len(reference)} real images"
         return Evaluator(
@@ -324,37 +322,6 @@ def _weights_file(fid_weights: str | None, protocol: str = "standard") -> str | 
     return weights
 
 
-def weights_state(weights: str, protocol: str = "standard") -> dict:
-    """The Inception weights file's tensors, read without running any code it holds
-    (loomray.tensor_files); EvaluationError in one sentence when it is refused. Read
-    once per file version: the command checks it, then the evaluator builds from it."""
-    from loomray.tensor_files import TensorFileError
-
-    try:
-        stat = Path(weights).expanduser().stat()
-        version = (stat.st_mtime_ns, stat.st_size)
-    except OSError:
-        version = (0, 0)  # read_tensors says what is wrong with the path
-    try:
-        state = _read_weights(str(weights), *version)
-    except TensorFileError as err:
-        raise EvaluationError(str(err)) from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise EvaluationError(
-            f"Inception weights file {weights} is not a state dict of tensors "
-            f"({'torchvision' if protocol == 'paper' else 'torch-fidelity'}'s Inception-v3)"
-        )
-    return state
-
-
-@functools.lru_cache(maxsize=1)
-def _read_weights(weights: str, mtime_ns: int, size: int):
-    """``read_tensors`` of one version of a weights file (the version is the cache key)."""
-    from loomray.tensor_files import read_tensors
-
-    return read_tensors(weights, "Inception weights file")
-
-
 def _share_evaluator(
     cfg: Config, fid_weights: str | None, device: str, protocol: str = "standard"
 ) -> Evaluator:
@@ -363,7 +330,7 @@ def _share_evaluator(
     if cfg.data.name == "toy2d":
         return Evaluator("energy", empty, device=device)
     if cfg.data.name in SETS:
-        from loomray.classifier_fid import register_extractor
+        from loomray.evaluation.classifier_fid import register_extractor
 
         return Evaluator("fid", empty, register_extractor(cfg.data.name), device=device)
     if cfg.data.channels != 3:
@@ -372,7 +339,7 @@ def _share_evaluator(
         )
     weights = _weights_file(fid_weights, protocol)
     if protocol == "paper":
-        from loomray.paper_fid import PAPER_EXTRACTOR
+        from loomray.evaluation.paper_fid import PAPER_EXTRACTOR
 
         return Evaluator("fid", empty, PAPER_EXTRACTOR, weights, device=device, protocol="paper")
     return Evaluator("fid", empty, INCEPTION, weights, device=device)
@@ -387,7 +354,8 @@ class EvalRow:
     n: int
     seconds: float
     protocol: str = "standard"
-    """How the FID was measured (loomray.paper_fid): a figure never travels without it."""
+    """How the FID was measured (loomray.evaluation.paper_fid): a figure never travels
+    without it."""
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Each worker (a Ray task with one GPU, or one CPU) loads the checkpoint's EMA
 model and computes its share of every sampler's evaluation (global batches k
-with k % N == its index; see ``loomray.evaluate.sample_shares``); the driver
+with k % N == its index; see ``loomray.evaluation.evaluate.sample_shares``); the driver
 adds the shares and scores them. The figures equal one worker's to float64
 rounding, since every sample and its noise depend on its index only.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loomray.evaluate import (
+from loomray.evaluation.evaluate import (
     EvalRow,
     Evaluator,
     MethodShare,
