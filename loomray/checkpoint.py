@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from loomray.config import Config, ConfigError, config_from_dict
-from loomray.durable import replacing
-from loomray.tensor_files import TensorFileError, read_tensors
+from loomray.files.durable import replacing
+from loomray.files.tensor_files import TensorFileError, read_tensors
 
 FORMAT = 1
 

@@ -446,7 +446,7 @@ def validate(cfg: Config) -> Config:
     """Check values that are well-typed but impossible; returns cfg."""
     from loomray.coupling import KINDS
     from loomray.coupling.ot import COSTS
-    from loomray.sampling import parse_method
+    from loomray.flow.sampling import parse_method
 
     d, m, c, t, e = cfg.data, cfg.model, cfg.coupling, cfg.train, cfg.eval
 

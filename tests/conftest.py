@@ -35,7 +35,7 @@ def ray_session():
     """One local Ray for the module's tests (it costs ~2 GB and seconds to start)."""
     import ray
 
-    from loomray.ray_cluster import connect
+    from loomray.cluster.connect import connect
 
     connect(None, quiet=True)
     yield
@@ -101,7 +101,7 @@ def wait_for_nodes(address: str, count: int, env: dict, timeout_s: float = 120) 
 OTHER_LOOMRAY = """
 import pathlib, sys, time
 import ray
-from loomray.ray_cluster import connect
+from loomray.cluster.connect import connect
 connect(None, quiet=True)
 pathlib.Path(sys.argv[1]).write_text(ray.get_runtime_context().gcs_address)
 time.sleep(3600)

@@ -115,7 +115,7 @@ def _setup(tmp: Path) -> None:
         tmp / "digits.pt", {"format": 1, "config": digits.to_dict(), "step": 5, "ema": weights}
     )
     from loomray.checkpoint import load_checkpoint
-    from loomray.pairs import open_folder
+    from loomray.data.pairs import open_folder
     from loomray.reflow.generate import plan_pairs
 
     other = plan_pairs(load_checkpoint(tmp / "digits.pt"), 1000, "dopri5")

@@ -4,7 +4,7 @@ fit on it with each service where it hurts most."""
 
 import yaml
 
-from loomray.capacity import Capacity, largest_cluster, trainings_that_fit
+from loomray.cluster.capacity import Capacity, largest_cluster, trainings_that_fit
 
 GPU_WORKER = {"CPU": 4.0, "GPU": 1.0}
 SERVICE = {"CPU": 1.0}
@@ -53,7 +53,7 @@ def test_a_service_can_take_the_cpu_a_gpu_worker_needed():
 def test_a_local_ray_is_as_large_as_its_nodes(monkeypatch):
     """Every head runs a monitor; a local Ray's has no autoscaling config, so its
     capacity is its nodes (not "unknown", which would let a GPU run wait forever)."""
-    from loomray import capacity
+    from loomray.cluster import capacity as capacity
 
     now = {"CPU": 2.0}
     fake = type("Ctx", (), {"gcs_address": "10.0.0.1:6379"})()

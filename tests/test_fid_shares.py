@@ -75,7 +75,7 @@ def test_our_fid_is_torch_fidelitys(digits_model):
     (row,) = evaluate_model(model, cfg, ["euler-2"], 600, evaluator)
     from loomray.coupling import noise_from_seeds
     from loomray.evaluation.evaluate import EVAL_SEED_OFFSET
-    from loomray.sampling import sample
+    from loomray.flow.sampling import sample
 
     z = torch.from_numpy(noise_from_seeds(np.arange(600) + EVAL_SEED_OFFSET, cfg.sample_shape))
     with torch.no_grad():

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from loomray.cli import app
 from loomray.config import load_config
 from loomray.data import build_dataset
+from loomray.data.latents import LatentDataset, latent_scale, posterior_seeds, read_latents
 from loomray.latents.autoencoder import AutoencoderError, from_ldm, load_autoencoder
-from loomray.latents.store import LatentDataset, latent_scale, posterior_seeds, read_latents
 
 IMAGES, SIDE = 6, 16
 
@@ -72,7 +72,7 @@ def test_encode_writes_mean_and_std_of_every_row_and_its_mirror(files):
 
 
 def test_a_resumed_encode_writes_the_same_shards(files):
-    from loomray.shards import shard_path
+    from loomray.files.shards import shard_path
 
     cut = files / "cut"
     assert encode(files, "cut", "--batch", "4", "--shard-size", "4").exit_code == 0
@@ -156,7 +156,7 @@ def test_the_authors_ae_weights_convert_to_diffusers(tiny_vae):
         a, b = vae.encode(x).latent_dist.mean, converted.encode(x).latent_dist.mean
         assert torch.allclose(a, b, atol=1e-6)
         assert torch.allclose(vae.decode(a).sample, converted.decode(a).sample, atol=1e-6)
-    from loomray.official import convert_autoencoder
+    from loomray.train.official import convert_autoencoder
 
     _, scale = convert_autoencoder({k[3:]: v for k, v in ae.items()})
     assert scale == pytest.approx(1 / 4.5)
@@ -205,7 +205,7 @@ def test_sample_decodes_latents_to_images(files, tmp_path):
     with Image.open(out) as grid:
         assert grid.mode == "RGB" and grid.width >= 2 * SIDE  # decoded 16x16 images, not latents
     from loomray.checkpoint import load_checkpoint
-    from loomray.pairs import PairsError
+    from loomray.data.pairs import PairsError
     from loomray.reflow.generate import plan_pairs
 
     with pytest.raises(PairsError, match="a latent model makes latents"):

@@ -10,11 +10,11 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from loomray.locks import LOCK_FILE, LockError, holds_anything, lock_folder, read_holder
+from loomray.files.locks import LOCK_FILE, LockError, holds_anything, lock_folder, read_holder
 
 HOLD = """
 import sys, time
-from loomray.locks import lock_folder
+from loomray.files.locks import lock_folder
 with lock_folder(sys.argv[1], "run dir", "loomray train --config digits"):
     print("held", flush=True)
     time.sleep(600)
@@ -139,7 +139,7 @@ def test_reading_the_holder_in_the_holding_process_keeps_the_lock(tmp_path):
 def test_a_lock_file_replaced_while_locking_is_not_taken_for_the_lock(tmp_path, monkeypatch):
     """Between opening the file and locking it, its holder may end and remove it, and
     a third process make a new one: locking the old file holds nothing."""
-    from loomray import locks
+    from loomray.files import locks
 
     real, calls = locks._record_lock, []
 
@@ -160,7 +160,7 @@ def test_a_lock_file_replaced_while_locking_is_not_taken_for_the_lock(tmp_path, 
 def test_no_locks_on_the_filesystem_warns_and_goes_on(tmp_path, monkeypatch, capsys):
     import errno
 
-    from loomray import locks
+    from loomray.files import locks
 
     def unsupported(fd, kind):
         raise OSError(errno.ENOLCK, "No locks available")

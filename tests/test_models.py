@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from loomray.config import load_config
-from loomray.flow import EMA, cfm_loss, ema_decay, warmup_constant
+from loomray.flow.objective import EMA, cfm_loss, ema_decay, warmup_constant
 from loomray.models import build_model, count_parameters
 
 

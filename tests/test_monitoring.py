@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import ray
 
+from loomray.cluster.connect import connect
 from loomray.config import load_config, run_label
-from loomray.ray_cluster import connect
 from loomray.train.launch import launch
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

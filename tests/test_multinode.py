@@ -107,7 +107,7 @@ def test_train_spreads_over_two_nodes_and_the_service_serves_both(two_nodes, tmp
 def test_driver_settings_carry_every_loomray_variable_with_absolute_paths(
     monkeypatch, tmp_path
 ):
-    from loomray.ray_cluster import driver_settings
+    from loomray.cluster.connect import driver_settings
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LOOMRAY_FID_WEIGHTS", "weights/pt_inception.pth")

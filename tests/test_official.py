@@ -19,7 +19,7 @@ from loomray.cli import app
 from loomray.config import load_config
 from loomray.models import build_model, count_parameters
 from loomray.models.unet import UNet
-from loomray.official import (
+from loomray.train.official import (
     PRESETS,
     ReleaseError,
     convert_state_dict,

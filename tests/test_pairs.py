@@ -11,9 +11,7 @@ from loomray.checkpoint import load_checkpoint, save_checkpoint
 from loomray.config import ConfigError, load_config
 from loomray.coupling import make_coupling, noise_from_seeds, step_rng
 from loomray.data import DatasetError, build_dataset
-from loomray.evaluation.evaluate import to_uint8
-from loomray.models import build_model
-from loomray.pairs import (
+from loomray.data.pairs import (
     PairsDataset,
     PairsError,
     finished_shards,
@@ -21,9 +19,11 @@ from loomray.pairs import (
     read_manifest,
     read_shard,
 )
+from loomray.evaluation.evaluate import to_uint8
+from loomray.files.shards import shard_path
+from loomray.flow.sampling import sample
+from loomray.models import build_model
 from loomray.reflow.generate import generate_pairs, make_shard, plan_pairs
-from loomray.sampling import sample
-from loomray.shards import shard_path
 
 TINY = ["model.hidden=32", "model.layers=2", "train.workers=1"]
 
@@ -84,7 +84,7 @@ def test_a_resumed_generation_makes_the_same_shards(tmp_path):
     open_folder(cut, manifest)
     # shard 0 finished; shard 1 cut mid-write (a temporary file), shard 2 torn under its
     # final name (e.g. a disk that filled up): neither counts as finished
-    from loomray.pairs import write_shard
+    from loomray.data.pairs import write_shard
 
     write_shard(cut, manifest, 0, *make_shard(model, manifest, 0))
     (cut / ".shard-00001.parquet.tmp-123").write_bytes(b"PAR1 half")
@@ -139,7 +139,7 @@ def test_pairs_dataset_through_the_config(tmp_path):
     manifest = plan_pairs(payload, 200, "euler-1", batch=100, shard_size=100)
     folder = tmp_path / "pairs"
     open_folder(folder, manifest)
-    from loomray.pairs import write_shard
+    from loomray.data.pairs import write_shard
 
     write_shard(folder, manifest, 0, *make_shard(model, manifest, 0))
     pairs = ["data.name=pairs", f"data.root={folder}", "coupling.kind=pairs"]

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from loomray.sampling import FIXED_SOLVERS, parse_method, sample
+from loomray.flow.sampling import FIXED_SOLVERS, parse_method, sample
 
 SOLVERS = [*FIXED_SOLVERS, "dopri5"]
 ORDER = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}

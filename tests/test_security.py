@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from loomray.cli import app
-from loomray.ray_cluster import security_warnings
+from loomray.cluster.connect import security_warnings
 
 
 def test_loopback_with_auth_is_quiet(monkeypatch):
@@ -48,7 +48,7 @@ def test_local_ray_starts_without_dashboard_when_asked(monkeypatch, value, wante
     Ray's dashboard extras); token auth and everything else stay as they are."""
     import ray
 
-    from loomray import ray_cluster
+    from loomray.cluster import connect as ray_cluster
 
     seen = {}
 

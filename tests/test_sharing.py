@@ -18,9 +18,9 @@ import pytest
 import ray
 from conftest import loomray_cli
 
+from loomray.cluster.connect import NAMESPACE, LaunchError
 from loomray.config import load_config
-from loomray.locks import lock_folder
-from loomray.ray_cluster import NAMESPACE, LaunchError
+from loomray.files.locks import lock_folder
 from loomray.train.launch import claim_service_name, launch, service_name
 
 QUICK = [

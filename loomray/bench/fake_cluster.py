@@ -7,7 +7,7 @@ Ray's resources are logical: Ray's fake node provider starts nodes (processes on
 this machine) that declare GPUs they do not have, and its autoscaler adds them on
 demand, from none, up to ``gpu_nodes``, as a cloud cluster's would. loomray's
 "GPU" workers then train on the CPU (``LOOMRAY_FAKE_GPUS=1``,
-``loomray.ray_cluster.fake_gpus``). The GPU presets' shape (GPU workers, a
+``loomray.cluster.connect.fake_gpus``). The GPU presets' shape (GPU workers, a
 service CPU, several trials, autoscaling from zero GPU nodes) so runs in CI and
 in `loomray bench sweep`.
 

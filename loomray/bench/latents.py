@@ -19,9 +19,9 @@ import torch
 
 from loomray.config import Config
 from loomray.data import build_dataset
-from loomray.flow import cfm_loss
+from loomray.data.latents import LatentDataset
+from loomray.flow.objective import cfm_loss
 from loomray.latents.encode import encode_latents, plan_latents
-from loomray.latents.store import LatentDataset
 from loomray.models import build_model
 
 

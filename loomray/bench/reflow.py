@@ -25,8 +25,8 @@ from threadpoolctl import threadpool_limits
 from loomray.bench.quality import KINDS  # the same three couplings, side by side
 from loomray.checkpoint import load_checkpoint, save_checkpoint
 from loomray.config import Config
+from loomray.data.pairs import mean_nfe
 from loomray.evaluation.evaluate import evaluate_model, make_evaluator
-from loomray.pairs import mean_nfe
 from loomray.reflow.chain import reflow_config, reflow_preset
 from loomray.reflow.generate import generate_pairs, plan_pairs
 from loomray.train.loop import train_local
@@ -107,7 +107,7 @@ def run_reflow_study(
 def pairs_score(folder: Path, n: int, evaluator) -> float:
     """The score of the first ``n`` generated images of a pairs folder: what a reflowed
     model that fit its pairs exactly would reach."""
-    from loomray.pairs import PairsDataset
+    from loomray.data.pairs import PairsDataset
 
     pairs = PairsDataset(folder)
     return evaluator.score(pairs.items(np.arange(min(n, pairs.n_items))))

@@ -18,7 +18,7 @@ from torch import nn
 
 from loomray.config import Config
 from loomray.evaluation.evaluate import eval_batches, eval_noise, sample_eval
-from loomray.sampling import parse_method
+from loomray.flow.sampling import parse_method
 
 
 @dataclass

@@ -62,7 +62,7 @@ def bench_sweep(
     import ray
 
     from loomray.bench.fake_cluster import fake_gpu_cluster
-    from loomray.ray_cluster import connect
+    from loomray.cluster.connect import connect
     from loomray.sweep import run_sweep, spec_from_dict
 
     before = os.environ.get("LOOMRAY_FAKE_GPUS")

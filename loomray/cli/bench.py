@@ -119,8 +119,8 @@ def bench_train_cmd(
     import numpy as np
 
     from loomray.bench.train import bench_train
+    from loomray.cluster.connect import LaunchError, connect
     from loomray.data import DatasetError
-    from loomray.ray_cluster import LaunchError, connect
 
     counts = _worker_counts(workers) if workers else []
     extra = [*(overrides or []), f"train.steps={steps}", f"train.ckpt_every={steps}"]
@@ -168,8 +168,8 @@ def bench_train_cmd(
 
 def _bench_scaling(config, extra, counts, per_rank, steps, address) -> None:
     from loomray.bench.train import bench_scaling
+    from loomray.cluster.connect import LaunchError, connect
     from loomray.data import DatasetError
-    from loomray.ray_cluster import LaunchError, connect
 
     extra = [*extra, f"train.batch={max(counts) * per_rank}", f"train.workers={max(counts)}"]
     cfg = _config_or_fail(config, extra)

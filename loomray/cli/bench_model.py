@@ -43,9 +43,9 @@ def bench_eval_cmd(
     """Wall time of one evaluation (every eval.methods sampler) with 1, 2, ... workers."""
 
     from loomray.bench.eval import bench_eval
+    from loomray.cluster.connect import LaunchError, connect
     from loomray.data import DatasetError
     from loomray.evaluation.evaluate import EvaluationError
-    from loomray.ray_cluster import LaunchError, connect
 
     counts = sorted(set(_worker_counts(workers)))
     if steps < 1 or repeats < 1:
@@ -178,9 +178,9 @@ def bench_sample_cmd(
 
     from loomray.bench.sample import bench_sample
     from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint
+    from loomray.flow.sampling import parse_method
     from loomray.latents.autoencoder import AutoencoderError
     from loomray.paths import file_to_write
-    from loomray.sampling import parse_method
 
     if n < 1:
         fail(f"--n must be at least 1, got {n}")

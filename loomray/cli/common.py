@@ -103,7 +103,7 @@ DASHBOARD_HOST_HELP = (
 def _warn_exposure(dashboard_host: str) -> None:
     from rich.markup import escape
 
-    from loomray.ray_cluster import security_warnings
+    from loomray.cluster.connect import security_warnings
 
     for warning in security_warnings(dashboard_host):
         console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
@@ -114,7 +114,7 @@ def _show_dashboard(url: str | None, run_dir: Path | None = None) -> None:
     (of ``run_dir`` alone, when given)."""
     import shlex
 
-    from loomray.ray_cluster import status_address
+    from loomray.cluster.connect import status_address
 
     if url:
         console.print(
@@ -149,9 +149,9 @@ def _path_or_fail(check, path: str, what: str) -> Path:
 
 @contextmanager
 def locked_or_fail(folder: Path, what: str, advice: str | None = None) -> Iterator[Path]:
-    """Hold ``folder`` for this command (loomray.locks), or one sentence naming the
+    """Hold ``folder`` for this command (loomray.files.locks), or one sentence naming the
     process that writes into it, and exit 2."""
-    from loomray.locks import LockError, lock_folder
+    from loomray.files.locks import LockError, lock_folder
 
     stack = ExitStack()
     try:
@@ -307,8 +307,8 @@ def _report_interrupt(stop, again: list[str]) -> None:
 def _evaluate_on_workers(
     checkpoint, names, count, evaluator, workers, gpus, address, precision=None
 ):
+    from loomray.cluster.connect import connect
     from loomray.evaluation.workers import evaluate_with_workers
-    from loomray.ray_cluster import connect
 
     connect(address, quiet=True)
     if evaluator.metric == "fid":

@@ -82,7 +82,7 @@ def import_cmd(
     run_dir: str = typer.Option(..., help="A new run directory to write."),
 ) -> None:
     """Bring the LOOM-CFM authors' released weights in as a loomray run (docs/reproduce.md)."""
-    from loomray.official import ReleaseError, check_run_dir, import_official
+    from loomray.train.official import ReleaseError, check_run_dir, import_official
 
     folder = Path(run_dir).expanduser()
     try:

@@ -43,11 +43,11 @@ def sample_cmd(
     from loomray.coupling import noise_from_seeds
     from loomray.data import DatasetError
     from loomray.evaluation.evaluate import sample_eval, with_precision
-    from loomray.images import GRID_MOST, save_sample_array, save_samples
+    from loomray.evaluation.images import GRID_MOST, save_sample_array, save_samples
+    from loomray.flow.sampling import parse_method
     from loomray.latents.autoencoder import AutoencoderError
     from loomray.latents.decode import to_images
     from loomray.paths import file_to_write
-    from loomray.sampling import parse_method
 
     if n < 1:
         fail(f"--n must be at least 1, got {n}")

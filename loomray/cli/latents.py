@@ -81,12 +81,12 @@ def encode_cmd(
     address: str = typer.Option(None, help="Ray cluster to join (default: a local Ray)."),
 ) -> None:
     """Encode an image data set into latent shards (posterior mean and std, resumable)."""
+    from loomray.cluster.connect import LaunchError, connect
     from loomray.data import DatasetError
+    from loomray.data.latents import latents_folder
+    from loomray.files.shards import ShardsError
     from loomray.latents.autoencoder import AutoencoderError, load_autoencoder
     from loomray.latents.encode import plan_latents
-    from loomray.latents.store import latents_folder
-    from loomray.ray_cluster import LaunchError, connect
-    from loomray.shards import ShardsError
 
     if workers < 0:
         fail(f"--workers must be at least 0, got {workers}")
@@ -153,7 +153,7 @@ def _encode(vae, cfg, folder, shards, manifest, workers, gpus, again) -> None:
 def _report_scale(folder: Path, manifest) -> None:
     import numpy as np
 
-    from loomray.latents.store import latents_folder, latents_info
+    from loomray.data.latents import latents_folder, latents_info
 
     _, scale = latents_info(folder)  # from the shards' sums: no latents read
     first = latents_folder(folder, manifest).read(0)

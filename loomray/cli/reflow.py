@@ -39,7 +39,7 @@ SAMPLER_HELP = (
 def _generate(payload, folder: Path, manifest, workers: int, gpus: bool, again: list[str]):
     """Make the missing shards on Ray workers with a progress bar; Ctrl-C keeps the
     finished shards and says how to go on (exit 130)."""
-    from loomray.pairs import finished_shards
+    from loomray.data.pairs import finished_shards
     from loomray.reflow.generate import generate_pairs
 
     done = len(finished_shards(folder, manifest)) if folder.is_dir() else 0
@@ -63,7 +63,7 @@ def _generate(payload, folder: Path, manifest, workers: int, gpus: bool, again: 
 def _plan_or_fail(ckpt: str, n: int | None, sampler: str, batch=None, shard=None, seed=0):
     """(checkpoint payload, its config, the manifest of the pairs asked for)."""
     from loomray.checkpoint import CheckpointError, config_of, load_checkpoint
-    from loomray.pairs import PairsError
+    from loomray.data.pairs import PairsError
     from loomray.reflow.chain import default_pairs
     from loomray.reflow.generate import plan_pairs
 
@@ -90,8 +90,8 @@ def pairs_cmd(
     address: str = typer.Option(None, help="Ray cluster to join (default: a local Ray)."),
 ) -> None:
     """Make reflow pairs (noise seed, sample) from a model, in resumable Parquet shards."""
-    from loomray.pairs import PairsError, check_folder
-    from loomray.ray_cluster import LaunchError, connect
+    from loomray.cluster.connect import LaunchError, connect
+    from loomray.data.pairs import PairsError, check_folder
 
     if workers < 1:
         fail(f"--workers must be at least 1, got {workers}")
@@ -174,9 +174,9 @@ def reflow_cmd(
 def _reflow_stages(payload, cfg, manifest, run, folder, address, verbose, host, again) -> None:
     """Check everything, then pairs -> scores of the source -> training -> the table."""
     from loomray.checkpoint import latest_step
+    from loomray.cluster.connect import connect
     from loomray.data import DatasetError
-    from loomray.pairs import PairsError, check_folder
-    from loomray.ray_cluster import connect
+    from loomray.data.pairs import PairsError, check_folder
     from loomray.train.launch import (
         Interrupted,
         LaunchError,
@@ -264,8 +264,8 @@ def bench_pairs_cmd(
 ) -> None:
     """Reflow pairs/s with 1, 2, ... Ray workers (the same pairs every time)."""
     from loomray.bench.reflow import bench_pairs
-    from loomray.pairs import PairsError
-    from loomray.ray_cluster import LaunchError, connect
+    from loomray.cluster.connect import LaunchError, connect
+    from loomray.data.pairs import PairsError
 
     counts = sorted(set(_worker_counts(workers)))
     if n < 1 or repeats < 1:
@@ -306,8 +306,8 @@ def bench_reflow_cmd(
     from loomray.bench.quality import KINDS
     from loomray.bench.reflow import run_reflow_study
     from loomray.data import DatasetError
+    from loomray.data.pairs import PairsError
     from loomray.evaluation.evaluate import EvaluationError
-    from loomray.pairs import PairsError
     from loomray.paths import folder_to_write
     from loomray.reflow.chain import ReflowError
 

@@ -133,7 +133,7 @@ def _pick_local_cluster() -> str:
     one the user picks from the list (exit 2 with the list when nobody can pick)."""
     import sys
 
-    from loomray.ray_cluster import local_clusters
+    from loomray.cluster.connect import local_clusters
 
     clusters = local_clusters()
     if not clusters:
@@ -216,7 +216,7 @@ def status_cmd(
 
     import ray
 
-    from loomray.ray_cluster import NAMESPACE, LaunchError, check_reachable, send_token
+    from loomray.cluster.connect import NAMESPACE, LaunchError, check_reachable, send_token
     from loomray.train.launch import SERVICE_PREFIX
 
     if not ray.is_initialized():

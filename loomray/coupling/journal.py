@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from loomray.durable import write_bytes
+from loomray.files.durable import write_bytes
 
 MAGIC = b"LOOMJRN1"
 _HEAD = struct.Struct("<qII")  # step, n, world

@@ -153,7 +153,7 @@ class CouplingService:
         self.restarts = 0
         pair_seeds = None
         if spec.pairs:
-            from loomray.pairs import read_pair_seeds
+            from loomray.data.pairs import read_pair_seeds
 
             pair_seeds = read_pair_seeds(spec.pairs)
         creation = (

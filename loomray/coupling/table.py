@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from loomray.durable import replacing
+from loomray.files.durable import replacing
 
 FORMAT_VERSION = "1"
 _META_PREFIX = "loomray."

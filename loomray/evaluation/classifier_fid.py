@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from loomray.durable import replacing
+from loomray.files.durable import replacing
 
 FEATURES = 128  # the width of every classifier's feature layer
 

@@ -32,12 +32,12 @@ from torch import nn
 
 from loomray.config import Config
 from loomray.coupling import noise_from_seeds
-from loomray.durable import replacing, write_text
 from loomray.evaluation.classifier_fid import EXTRACTORS, FEATURES, SETS, cache_dir
 from loomray.evaluation.fid import FeatureSums, extract_features, frechet_distance
 from loomray.evaluation.weights import EvaluationError, weights_state
-from loomray.sampling import SampleResult, parse_method, sample
-from loomray.tensor_files import plain_copy
+from loomray.files.durable import replacing, write_text
+from loomray.files.tensor_files import plain_copy
+from loomray.flow.sampling import SampleResult, parse_method, sample
 
 WEIGHTS_ENV = "LOOMRAY_FID_WEIGHTS"
 PAPER_WEIGHTS_ENV = "LOOMRAY_PAPER_FID_WEIGHTS"  # torchvision's Inception, for protocol paper
@@ -215,7 +215,7 @@ def real_data_config(cfg: Config) -> Config:
     from dataclasses import replace as dc_replace
 
     from loomray.config import ConfigError, config_from_dict
-    from loomray.pairs import PairsError, read_manifest
+    from loomray.data.pairs import PairsError, read_manifest
 
     try:
         source = config_from_dict(read_manifest(cfg.data.root).source_config)
@@ -230,8 +230,8 @@ def _images_of_latents(cfg: Config) -> Config:
     from dataclasses import replace as dc_replace
 
     from loomray.config import ConfigError, DataConfig
-    from loomray.latents.store import read_manifest
-    from loomray.shards import ShardsError
+    from loomray.data.latents import read_manifest
+    from loomray.files.shards import ShardsError
 
     try:
         images = DataConfig(**read_manifest(cfg.data.root or "").images)

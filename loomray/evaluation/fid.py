@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loomray.durable import replacing
+from loomray.files.durable import replacing
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The Inception weights files FID reads, as tensors only (``loomray.tensor_files``),
+"""The Inception weights files FID reads, as tensors only (``loomray.files.tensor_files``),
 and the one-sentence error of the evaluation."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ class EvaluationError(ValueError):
 
 def weights_state(weights: str, protocol: str = "standard") -> dict:
     """The Inception weights file's tensors, read without running any code it holds
-    (loomray.tensor_files); EvaluationError in one sentence when it is refused. Read
+    (loomray.files.tensor_files); EvaluationError in one sentence when it is refused. Read
     once per file version: the command checks it, then the evaluator builds from it."""
-    from loomray.tensor_files import TensorFileError
+    from loomray.files.tensor_files import TensorFileError
 
     try:
         stat = Path(weights).expanduser().stat()
@@ -39,6 +39,6 @@ def weights_state(weights: str, protocol: str = "standard") -> dict:
 @functools.lru_cache(maxsize=1)
 def _read_weights(weights: str, mtime_ns: int, size: int):
     """``read_tensors`` of one version of a weights file (the version is the cache key)."""
-    from loomray.tensor_files import read_tensors
+    from loomray.files.tensor_files import read_tensors
 
     return read_tensors(weights, "Inception weights file")

@@ -37,7 +37,7 @@ class LatentDecoder:
 def autoencoder_of(cfg: Config) -> tuple[str, float]:
     """(autoencoder spec, latent scale) of a latent config; ValueError when unknown."""
     from loomray.data import DatasetError
-    from loomray.latents.store import latents_info
+    from loomray.data.latents import latents_info
 
     d = cfg.data
     if d.autoencoder and d.latent_scale:

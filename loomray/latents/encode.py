@@ -22,9 +22,9 @@ import torch
 
 from loomray.config import Config, config_from_dict
 from loomray.data import build_dataset
-from loomray.latents.store import LatentsManifest, latents_folder, shard_sums
-from loomray.pairs import weights_fingerprint
-from loomray.shards import Filled, fill, run_tasks
+from loomray.data.latents import LatentsManifest, latents_folder, shard_sums
+from loomray.data.pairs import weights_fingerprint
+from loomray.files.shards import Filled, fill, run_tasks
 
 DEFAULT_SHARD = 2048
 
@@ -33,8 +33,8 @@ def plan_latents(
     images: Config, autoencoder: str, vae, batch: int = 32, shard_size: int | None = None
 ) -> LatentsManifest:
     """The manifest of the latents of ``images``'s data set under ``vae``."""
+    from loomray.files.shards import ShardsError
     from loomray.latents.autoencoder import AutoencoderError
-    from loomray.shards import ShardsError
 
     for name, value in (("--batch", batch), ("--shard-size", shard_size)):
         if value is not None and value < 1:

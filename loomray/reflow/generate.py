@@ -23,8 +23,7 @@ import torch
 
 from loomray.checkpoint import config_of, ema_model_of
 from loomray.coupling import noise_from_seeds
-from loomray.evaluation.evaluate import to_uint8
-from loomray.pairs import (
+from loomray.data.pairs import (
     PairsError,
     PairsManifest,
     pair_seeds,
@@ -32,8 +31,9 @@ from loomray.pairs import (
     weights_fingerprint,
     write_shard,
 )
-from loomray.sampling import parse_method, sample
-from loomray.shards import Filled, fill, run_tasks
+from loomray.evaluation.evaluate import to_uint8
+from loomray.files.shards import Filled, fill, run_tasks
+from loomray.flow.sampling import parse_method, sample
 
 DEFAULT_SAMPLER = "dopri5"
 DEFAULT_SHARD = 10_000

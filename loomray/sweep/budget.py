@@ -6,7 +6,7 @@ only starts when its service can), and its training's workers (a placement group
 of Ray Train's), or, once trained, one worker's worth for scoring. A sweep whose
 trials cannot all hold that at once would deadlock: every running trial has its
 service, and no training's workers can be placed. So ``concurrency`` is checked
-up front against what the cluster can ever hold (``loomray.capacity``: its
+up front against what the cluster can ever hold (``loomray.cluster.capacity``: its
 autoscaler's maximum where it has one), and ``concurrency: auto`` takes as many
 as fit.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loomray.capacity import Capacity
+from loomray.cluster.capacity import Capacity
 from loomray.config import Config
 from loomray.sweep.spec import SweepError, SweepSpec
 
@@ -32,7 +32,7 @@ def trial_need(cfg: Config) -> dict[str, float]:
 def trials_that_fit(cfg: Config, capacity: Capacity) -> int | None:
     """How many trials the cluster can hold at once, node by node (None: an autoscaler
     may add nodes up to a limit that cannot be read)."""
-    from loomray.capacity import trainings_that_fit
+    from loomray.cluster.capacity import trainings_that_fit
     from loomray.train.launch import training_bundles
 
     return trainings_that_fit(capacity, *training_bundles(cfg))

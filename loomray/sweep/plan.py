@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from loomray.sampling import parse_method
+from loomray.flow.sampling import parse_method
 from loomray.sweep.spec import SAMPLER_KEYS, SweepError, SweepSpec
 
 # Steps/s of one eager training step of the preset's model per GPU rank (per-rank

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loomray.config import Config
-from loomray.durable import write_text
+from loomray.files.durable import write_text
 
 
 def training_key(cfg: Config) -> str:

@@ -7,9 +7,9 @@ import time
 
 import yaml
 
-from loomray.locks import holds_anything, lock_folder
+from loomray.cluster.storage import StorageError, check_shared
+from loomray.files.locks import holds_anything, lock_folder
 from loomray.paths import PathError, folder_to_write
-from loomray.storage import StorageError, check_shared
 from loomray.sweep.spec import SweepError, SweepSpec
 from loomray.sweep.summary import SweepResult, summarize
 from loomray.sweep.trial import run_trial
@@ -71,8 +71,8 @@ SWEEP_BUSY = "wait for it to finish, or pass --storage DIR for a new sweep"
 
 def _run_sweep(spec, resume, address, quiet, verbose, on_dashboard, dashboard_host):
 
+    from loomray.cluster.connect import connect
     from loomray.data import build_dataset
-    from loomray.ray_cluster import connect
     from loomray.sweep.budget import resolve_concurrency, set_concurrency
     from loomray.train.launch import check_resources
 

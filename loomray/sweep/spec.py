@@ -24,8 +24,8 @@ from loomray.config import (
     read_text_file,
     yaml_problem,
 )
+from loomray.flow.sampling import FIXED_SOLVERS, parse_method
 from loomray.paths import PathError, folder_to_write
-from loomray.sampling import FIXED_SOLVERS, parse_method
 
 SPEC_KEYS = (
     "name",

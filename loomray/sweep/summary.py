@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from loomray.config import dump_config
-from loomray.durable import replacing, write_text
+from loomray.files.durable import replacing, write_text
 from loomray.sweep.reuse import pruned_training
 from loomray.sweep.spec import SweepSpec
 

@@ -8,7 +8,7 @@ service's snapshots (``coupling/``), ``metrics.jsonl`` and ``samples/``.
 Launching into a directory that holds the same run resumes it from its latest
 checkpoint (Ray Train V2 restores a run of the same storage path and name); a
 directory holding another run, or anything else, is refused untouched, and so is a
-run dir that another process writes into (``loomray.locks``).
+run dir that another process writes into (``loomray.files.locks``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from typing import Any
 
 import yaml
 
-from loomray.capacity import Capacity, cluster_capacity, trainings_that_fit
 from loomray.checkpoint import CheckpointError, check_loom_table, init_weights, latest_step
+from loomray.cluster.capacity import Capacity, cluster_capacity, trainings_that_fit
+from loomray.cluster.connect import NAMESPACE, LaunchError, connect, fake_gpus
+from loomray.cluster.storage import StorageError, check_shared
 from loomray.config import (
     Config,
     ConfigError,
@@ -36,12 +38,10 @@ from loomray.config import (
 )
 from loomray.coupling.service import CouplingService, ServiceSpec
 from loomray.data import build_dataset
-from loomray.durable import write_text
+from loomray.files.durable import write_text
+from loomray.files.locks import holds_anything, lock_folder
 from loomray.latents.autoencoder import AutoencoderError
-from loomray.locks import holds_anything, lock_folder
 from loomray.paths import PathError, folder_to_write
-from loomray.ray_cluster import NAMESPACE, LaunchError, connect, fake_gpus
-from loomray.storage import StorageError, check_shared
 
 SERVICE_PREFIX = "coupling:"
 
@@ -158,7 +158,7 @@ def training_bundles(cfg: Config) -> tuple[int, dict[str, float], dict[str, floa
 
 def check_resources(cfg: Config, capacity: Capacity | None = None) -> Capacity:
     """Refuse in seconds what the cluster can never schedule, instead of waiting: what
-    its nodes have, or what its autoscaler may grow it to (loomray.capacity), node by
+    its nodes have, or what its autoscaler may grow it to (loomray.cluster.capacity), node by
     node (a worker's bundle must fit on one)."""
     cap = capacity or cluster_capacity()
     t = cfg.train

@@ -27,7 +27,7 @@ from torch import nn
 from loomray.config import Config
 from loomray.coupling import AssignmentTable, Coupling, CouplingStats, make_coupling, step_rng
 from loomray.data import BatchPlan, RowDataset, build_dataset, iterate_batches
-from loomray.flow import EMA, cfm_loss, warmup_constant
+from loomray.flow.objective import EMA, cfm_loss, warmup_constant
 from loomray.models import build_model
 from loomray.train.determinism import kernels_for
 

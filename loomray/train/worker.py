@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 from loomray.checkpoint import TABLE_FILE, init_weights, save_checkpoint
+from loomray.cluster.connect import fake_gpus
 from loomray.config import Config, config_from_dict
 from loomray.coupling import AssignmentTable, noise_from_seeds
 from loomray.coupling.client import ServiceNoise, call_service
 from loomray.data import BatchPlan, build_dataset
-from loomray.images import save_samples
+from loomray.evaluation.images import save_samples
+from loomray.flow.sampling import sample
 from loomray.latents.decode import to_images
-from loomray.ray_cluster import fake_gpus
-from loomray.sampling import sample
 from loomray.train.ddp import distributed
 from loomray.train.evaluation import TrainingEvaluation
 from loomray.train.loop import StepLog, TrainState, build_state, mean_loss, train_steps

@@ -57,7 +57,7 @@ def merged(outs, steps):
 
 def pairs_folder(tmp_path):
     """A folder of reflow pairs with one stored seed per row of ``data()``."""
-    from loomray.pairs import PairsManifest, open_folder, write_shard
+    from loomray.data.pairs import PairsManifest, open_folder, write_shard
 
     rows = len(data())
     manifest = PairsManifest("src", "f" * 16, 0, "euler-1", rows, rows, rows, 0, (5,))

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from loomray.cluster.connect import connect
 from loomray.config import load_config
+from loomray.data.latents import read_latents
 from loomray.latents.autoencoder import load_autoencoder
 from loomray.latents.encode import encode_latents, plan_latents
-from loomray.latents.store import read_latents
-from loomray.ray_cluster import connect
 from loomray.train.launch import launch
 
 SIDE = 16

@@ -6,7 +6,7 @@ from loomray.checkpoint import load_checkpoint, save_checkpoint
 from loomray.cli import app
 from loomray.config import load_config
 from loomray.coupling import noise_from_seeds
-from loomray.sampling import sample
+from loomray.flow.sampling import sample
 from loomray.train.loop import train_local
 
 STEPS = 500

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from loomray.checkpoint import load_checkpoint, save_checkpoint
 from loomray.config import load_config
-from loomray.pairs import read_shard
+from loomray.data.pairs import read_shard
 from loomray.reflow.generate import generate_pairs, plan_pairs
 from loomray.train.launch import launch
 from loomray.train.loop import train_local

@@ -23,7 +23,7 @@ def save_sample_array(x: torch.Tensor, path: str | Path, seed: int) -> Path:
     beside the ``seed`` they were drawn with."""
     import numpy as np
 
-    from loomray.durable import replacing
+    from loomray.files.durable import replacing
 
     path = Path(path)
     with replacing(path) as tmp, open(tmp, "wb") as f:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from loomray.durable import replacing, write_bytes
+from loomray.files.durable import replacing, write_bytes
 
 META_KEY = b"loomray.shard"
 
@@ -101,7 +101,7 @@ class ShardFolder:
 
     def check(self) -> bool:
         """Can the folder hold these shards? True when it holds them already."""
-        from loomray.locks import holds_anything
+        from loomray.files.locks import holds_anything
         from loomray.paths import PathError, folder_to_write
 
         try:

@@ -31,7 +31,7 @@ import torch
 
 from loomray.checkpoint import save_checkpoint
 from loomray.config import Config, load_config
-from loomray.durable import write_text
+from loomray.files.durable import write_text
 from loomray.models import build_model
 
 PRESETS = ("cifar10", "imagenet32", "imagenet64", "ffhq256")
@@ -224,7 +224,7 @@ def convert_autoencoder(ae: dict[str, torch.Tensor]):
 
 def check_run_dir(run_dir: Path) -> None:
     """An import writes a new run dir only: an existing, non-empty one is refused."""
-    from loomray.locks import holds_anything
+    from loomray.files.locks import holds_anything
     from loomray.paths import PathError, folder_to_write
 
     try:

@@ -36,7 +36,7 @@ RAY_ENV = {
 PATH_SETTINGS = ("LOOMRAY_CACHE", "LOOMRAY_FID_WEIGHTS", "LOOMRAY_PAPER_FID_WEIGHTS")
 # Other settings of the driver that the job's processes must share when set.
 FORWARDED = ("TUNE_DISABLE_STRICT_METRIC_CHECKING",)
-PIN_HOOK = "loomray.ray_cluster.pin_to_own_cluster"
+PIN_HOOK = "loomray.cluster.connect.pin_to_own_cluster"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 NO = ("0", "false", "no", "off")
 YES = ("", "1", "true", "yes", "on")
@@ -222,7 +222,7 @@ def _register(dashboard: str | None, started: bool) -> None:
     """List the local cluster this process started or joined, for `loomray status`."""
     import ray
 
-    from loomray.locks import this_command
+    from loomray.files.locks import this_command
 
     address = ray.get_runtime_context().gcs_address
 

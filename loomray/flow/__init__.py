@@ -1,0 +1,2 @@
+"""Flow matching itself: the CFM objective, EMA and learning-rate schedule
+(``objective``), and the ODE samplers (``sampling``)."""
