@@ -1,17 +1,7 @@
-"""Datasets as table rows: every dataset yields (row index, sample in [-1, 1]).
-
-With ``flip`` on, a dataset of N images has 2N rows and row ``i + N`` is image
-``i`` mirrored, which is how the coupling table treats flips (each mirrored
-image keeps noise slots of its own, as in the authors' code).
-
-Minibatches are a pure function of (seed, step): ``BatchPlan.global_rows(step)``
-walks a fresh permutation of the rows every epoch, and each rank takes its
-slice. That makes a resumed run, a replay, and the coupling service all agree
-on which rows a step trains on, with no sampler state to save.
-
-``contract``: the dataset contract, the batch plan and the registry of kinds; one
-module per kind (``images``: CIFAR-10, ImageNet batches, image folders; ``digits``,
-``mnist``, ``toy2d``, ``synthetic``, ``latents``, ``pairs``) registers itself on import.
+"""Datasets as table rows, one module per kind (``images``: CIFAR-10, ImageNet
+batches, image folders; ``digits``, ``mnist``, ``toy2d``, ``synthetic``, ``latents``,
+``pairs``), each registering itself on import with ``contract``: the dataset
+contract, the batch plan and the registry of kinds.
 """
 
 from loomray.data import digits, images, latents, mnist, pairs, synthetic, toy2d  # noqa: F401
