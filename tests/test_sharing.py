@@ -275,7 +275,13 @@ def test_a_second_train_into_a_run_dir_is_refused_and_status_finds_the_first(tmp
         assert other.returncode == 1 and "is not active on this cluster" in other.stdout
     finally:
         first.send_signal(2)  # Ctrl-C: it saves nothing more and says how to go on
-        first.wait(timeout=180)
+        try:
+            first.wait(timeout=300)  # a loaded CI machine once took over 180 s
+        except subprocess.TimeoutExpired:
+            first.kill()
+            reader.join(timeout=10)
+            printed = "".join(lines)[-3000:]
+            raise AssertionError(f"Ctrl-C did not end the first train:\n{printed}") from None
         reader.join(timeout=10)
     assert first.returncode == 130, "".join(lines)[-3000:]
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
