@@ -70,8 +70,10 @@ class Lookahead:
 
     def take(self, step: int) -> Prepared | None:
         """What was prepared for ``step`` (waiting for it to finish), or None."""
-        for old in [s for s in self.pending if s < step]:  # never solved: a restore
-            del self.pending[old]
+        # steps never solved (a restore); a copy of the keys, as the event loop's thread
+        # adds entries meanwhile
+        for old in [s for s in list(self.pending) if s < step]:
+            self.pending.pop(old, None)
         future = self.pending.pop(step, None)
         if future is None:
             return None
