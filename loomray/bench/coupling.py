@@ -73,24 +73,28 @@ def bench_coupling(
     totals = dict.fromkeys(PARTS, 0.0)
     elapsed = 0.0
 
-    def step_of(i: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+    def batch_of(i: int) -> tuple[np.ndarray, np.ndarray] | None:
+        if i >= warmup + steps:
+            return None
         batch_rows = plan.global_rows(i)
-        return batch_rows, pool[batch_rows % len(pool)], step_rng(seed, i)
+        return batch_rows, pool[batch_rows % len(pool)]
 
     with threadpool_limits(limits=1):
+        following = batch_of(0)
         for i in range(warmup + steps):
-            batch_rows, x, step_rng_i = step_of(i)
+            # each batch is gathered once, untimed (the service receives it from the ranks)
+            (batch_rows, x), following = following, batch_of(i + 1)
             # Warm-up solves use lapjv whatever is timed: both are exact, so the table
             # settles alike, and scipy's minutes of warm-up at large batches buy nothing.
             coupling.solver = solver if i >= warmup else "lapjv"
             start = time.perf_counter()
-            following = step_of(i + 1) if lookahead and i + 1 < warmup + steps else None
 
             def assigning(following=following, batch_rows=batch_rows, i=i) -> None:
-                if following is not None:  # as the service: beside this assignment
-                    ahead.start(coupling, i + 1, *following, busy_rows=batch_rows)
+                if lookahead and following is not None:  # as the service: beside this one
+                    rng = step_rng(seed, i + 1)
+                    ahead.start(coupling, i + 1, *following, rng, busy_rows=batch_rows)
 
-            stats = coupling.solve(batch_rows, x, step_rng_i, ahead.take(i), assigning)
+            stats = coupling.solve(batch_rows, x, step_rng(seed, i), ahead.take(i), assigning)
             ahead.observe(stats)
             if i >= warmup:
                 elapsed += time.perf_counter() - start
