@@ -4,7 +4,7 @@ import dataclasses
 from pathlib import Path
 
 from loomray.config import Config
-from loomray.config_reference import field_docs, render_reference
+from loomray.config.reference import field_docs, render_reference
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 

@@ -66,7 +66,7 @@ def config_show_cmd(
 @config_app.command("reference")
 def config_reference_cmd() -> None:
     """Print every config key with its type, default and meaning (docs/config.md)."""
-    from loomray.config_reference import render_reference
+    from loomray.config.reference import render_reference
 
     typer.echo(render_reference())
 

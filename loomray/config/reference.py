@@ -3,7 +3,7 @@
     loomray config reference > docs/config.md
 
 Every key's type and default come from the dataclass, its meaning from the
-docstring under the field in loomray/config.py, so the page cannot drift from
+docstring under the field in loomray/config/schema.py, so the page cannot drift from
 the code (a test compares the two).
 """
 
@@ -14,8 +14,8 @@ import dataclasses
 import inspect
 import typing
 
-from loomray import config as config_module
-from loomray.config import Config
+from loomray.config import schema as config_module
+from loomray.config.schema import Config
 
 DATASETS = {
     "cifar10": "CIFAR-10, the python-version batches under `data.root/cifar-10-batches-py` "
@@ -38,7 +38,7 @@ DATASETS = {
 
 
 def field_docs() -> dict[str, dict[str, str]]:
-    """{class name: {field: docstring}} read from loomray/config.py's source."""
+    """{class name: {field: docstring}} read from loomray/config/schema.py's source."""
     tree = ast.parse(inspect.getsource(config_module))
     out: dict[str, dict[str, str]] = {}
     for node in tree.body:
