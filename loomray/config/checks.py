@@ -13,32 +13,68 @@ from loomray.config.schema import (
     TOYS,
     Config,
     ConfigError,
+    CouplingConfig,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    TrainConfig,
 )
+
+
+def need(ok: bool, message: str) -> None:
+    """Refuse with ``message`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(message)
 
 
 def validate(cfg: Config) -> Config:
     """Check values that are well-typed but impossible; returns cfg."""
-    from loomray.coupling import KINDS
-    from loomray.coupling.ot import COSTS
-    from loomray.flow.sampling import parse_method
-
-    d, m, c, t, e = cfg.data, cfg.model, cfg.coupling, cfg.train, cfg.eval
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
-
     need(
         isinstance(cfg.name, str) and NAME.fullmatch(cfg.name) is not None,
         "name must be letters, digits, '.', '_' or '-' (it names the default run dir "
         f"runs/<name>), got {cfg.name!r}",
     )
+    _check_data(cfg.data)
+    _check_model(cfg.data, cfg.model)
+    _check_coupling(cfg.data, cfg.coupling)
+    _check_train(cfg.train)
+    _check_eval(cfg.eval)
+    d, t = cfg.data, cfg.train
+    if d.limit is not None and d.name != "toy2d":
+        rows = d.limit * (2 if d.flip else 1)
+        need(rows >= t.batch, f"train.batch {t.batch} exceeds the {rows} rows of data.limit")
+    return cfg
+
+
+def _check_data(d: DataConfig) -> None:
+    """The dataset section."""
     need(d.name in DATASETS, f"data.name must be one of {', '.join(DATASETS)}, got {d.name!r}")
     need(d.toy in TOYS, f"data.toy must be one of {', '.join(TOYS)}, got {d.toy!r}")
     need(d.resolution >= 1, f"data.resolution must be positive, got {d.resolution}")
     need(d.channels >= 1, f"data.channels must be positive, got {d.channels}")
     need(d.limit is None or d.limit >= 1, f"data.limit must be positive, got {d.limit}")
     need(d.toy_points >= 2, f"data.toy_points must be at least 2, got {d.toy_points}")
+    need(
+        d.posterior in ("sample", "mean"),
+        f"data.posterior must be sample or mean, got {d.posterior!r}",
+    )
+    need(
+        not (d.name == "latents" and d.flip),
+        "data.flip must be false for latents: loomray encode --flip stores the mirrored "
+        "images' latents as rows of their own",
+    )
+    need(
+        d.latent_scale is None or d.latent_scale > 0,
+        f"data.latent_scale must be positive, got {d.latent_scale}",
+    )
+    need(
+        not (d.name == "pairs" and d.flip),
+        "data.flip must be false for pairs: a mirrored image would need mirrored noise",
+    )
+
+
+def _check_model(d: DataConfig, m: ModelConfig) -> None:
+    """The network: its kind for the data, its shape."""
     need(m.kind in MODELS, f"model.kind must be one of {', '.join(MODELS)}, got {m.kind!r}")
     need(
         not (d.name == "toy2d" and m.kind != "mlp"),
@@ -61,28 +97,18 @@ def validate(cfg: Config) -> Config:
         need(m.head_channels >= 1, f"model.head_channels must be positive, got {m.head_channels}")
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
     need(m.time_scale > 0, f"model.time_scale must be positive, got {m.time_scale}")
+
+
+def _check_coupling(d: DataConfig, c: CouplingConfig) -> None:
+    """The coupling: its kind for the data, caches, cost, service."""
+    from loomray.coupling import KINDS
+    from loomray.coupling.ot import COSTS
+
     need(c.kind in KINDS, f"coupling.kind must be one of {', '.join(KINDS)}, got {c.kind!r}")
     need(
         (d.name == "pairs") == (c.kind == "pairs"),
         "reflow pairs train with their stored noise: data.name=pairs goes with "
         f"coupling.kind=pairs (got data.name={d.name}, coupling.kind={c.kind})",
-    )
-    need(
-        d.posterior in ("sample", "mean"),
-        f"data.posterior must be sample or mean, got {d.posterior!r}",
-    )
-    need(
-        not (d.name == "latents" and d.flip),
-        "data.flip must be false for latents: loomray encode --flip stores the mirrored "
-        "images' latents as rows of their own",
-    )
-    need(
-        d.latent_scale is None or d.latent_scale > 0,
-        f"data.latent_scale must be positive, got {d.latent_scale}",
-    )
-    need(
-        not (d.name == "pairs" and d.flip),
-        "data.flip must be false for pairs: a mirrored image would need mirrored noise",
     )
     need(c.caches >= 1, f"coupling.caches must be at least 1, got {c.caches}")
     need(c.cost in COSTS, f"coupling.cost must be one of {', '.join(COSTS)}, got {c.cost!r}")
@@ -90,6 +116,10 @@ def validate(cfg: Config) -> Config:
     need(1 <= c.prefetch <= 8, f"coupling.prefetch must be in 1..8, got {c.prefetch}")
     need(c.timeout_s > 0, f"coupling.timeout_s must be positive, got {c.timeout_s}")
     need(c.service_cpus >= 0, f"coupling.service_cpus must be >= 0, got {c.service_cpus}")
+
+
+def _check_train(t: TrainConfig) -> None:
+    """The training loop: batch, steps, optimiser, resources, logging."""
     need(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
     need(t.workers >= 1, f"train.workers must be at least 1, got {t.workers}")
     need(t.batch >= 1, f"train.batch must be at least 1, got {t.batch}")
@@ -108,6 +138,12 @@ def validate(cfg: Config) -> Config:
         need(getattr(t, k) >= 1, f"train.{k} must be at least 1, got {getattr(t, k)}")
     need(t.sample_every >= 0, "train.sample_every must be >= 0")
     need(t.keep_checkpoints >= 0, f"train.keep_checkpoints must be >= 0, got {t.keep_checkpoints}")
+
+
+def _check_eval(e: EvalConfig) -> None:
+    """Scoring: samplers, sample count, protocol, tolerances."""
+    from loomray.flow.sampling import parse_method
+
     need(len(e.methods) >= 1, "eval.methods needs at least one sampler")
     need(
         e.precision in PRECISIONS,
@@ -126,10 +162,6 @@ def validate(cfg: Config) -> Config:
     )
     need(e.every >= 0, "eval.every must be >= 0")
     need(e.rtol > 0 and e.atol > 0, "eval.rtol and eval.atol must be positive")
-    if d.limit is not None and d.name != "toy2d":
-        rows = d.limit * (2 if d.flip else 1)
-        need(rows >= t.batch, f"train.batch {t.batch} exceeds the {rows} rows of data.limit")
-    return cfg
 
 
 _UNET = ("channels", "res_blocks", "channel_mult", "attn_resolutions", "head_channels")
