@@ -1,7 +1,7 @@
 """The coupling service under its own death, resubmits and racing readers (no Ray).
 
 A "restarted actor" is a new ``CouplingService`` built on the same snapshot dir
-while ``_reconstructed()`` says True, which is what Ray's restart looks like
+while ``reconstructed()`` says True, which is what Ray's restart looks like
 from inside the actor.
 """
 
@@ -13,9 +13,9 @@ import pytest
 from test_service import PER_RANK, WORLD, data, noise, replay, rows_of, run_ranks, spec
 
 from loomray.coupling import AssignmentTable
-from loomray.coupling import service as service_module
 from loomray.coupling.recovery import JOURNAL_NAME, SNAPSHOT_NAME
 from loomray.coupling.service import CouplingService, LostStateError
+from loomray.coupling.service import actor as service_module
 
 
 def durable(tmp_path, **kw):
@@ -23,9 +23,9 @@ def durable(tmp_path, **kw):
 
 
 def restarted(monkeypatch, the_spec):
-    monkeypatch.setattr(service_module, "_reconstructed", lambda: True)
+    monkeypatch.setattr(service_module, "reconstructed", lambda: True)
     service = CouplingService(the_spec)
-    monkeypatch.setattr(service_module, "_reconstructed", lambda: False)
+    monkeypatch.setattr(service_module, "reconstructed", lambda: False)
     return service
 
 

@@ -1,42 +1,10 @@
-"""The coupling service: one Ray actor that owns the table and serves the solves.
-
-Each training step every rank submits ``(step, rank, rows, x)``. The service
-gathers all ranks of the step, runs ONE coupling step over the global batch
-(ranks concatenated in rank order, the step's randomness from
-``step_rng(seed, step)``), and answers each rank with its slice of the noise.
-Steps are solved strictly in order, so the table evolves exactly as in the
-sequential algorithm; workers submit step k+1 before training on step k, so the
-solve of k+1 overlaps the compute of k. Solves run in one worker thread (the
-"solver thread"): the actor keeps accepting submissions while it solves, and
-everything that writes the table runs on that thread, in order. While step k is
-assigned, step k+1's noise and cost matrix are prepared on another thread when
-its batches are in and its rows differ from k's (``loomray.coupling.lookahead``).
-
-Exact under faults:
-
-* Every solved step is journaled (``loomray.coupling.recovery``) before its
-  reply leaves. A restarted actor rebuilds the table from the latest snapshot
-  plus the journal, so it is exactly where the dead one was: steps the ranks
-  resubmit that were solved already are answered with the same noise, the
-  others are solved as usual.
-* Submits are idempotent: a rank that sends a step twice gets the same answer
-  twice.
-* A rank that never submits: the waiting ranks get a ``TimeoutError`` naming
-  the missing ranks after ``timeout_s``, so Ray Train can restart the group.
-* Group restart from a checkpoint: rank 0 calls ``restore(step, seeds)`` with
-  the table saved in that checkpoint; the service forgets everything after it
-  and starts a new journal lineage there.
-
-``table_at(step)`` returns the table as training sees it at ``step`` (all solves
-of steps < step applied), undoing the prefetched solves beyond it, so a
-checkpoint written at step k carries the table of step k.
-"""
+"""The CouplingService actor: the hot path (submit, solve in order, reply), its
+durable state and restores (see ``loomray.coupling.service``)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,44 +16,18 @@ from threadpoolctl import threadpool_limits
 from loomray.coupling.couplings import LoomCoupling, make_coupling, step_rng, undo_permutation
 from loomray.coupling.journal import Record
 from loomray.coupling.lookahead import Lookahead
-from loomray.coupling.recovery import SNAPSHOT_NAME, DurableState, Solved
+from loomray.coupling.recovery import DurableState, Solved
+from loomray.coupling.service.observed import Observed
+from loomray.coupling.service.spec import (
+    UNDO_DEPTH,
+    DurabilityError,
+    LostStateError,
+    ServiceSpec,
+    reconstructed,
+    write_failure,
+)
 from loomray.coupling.table import AssignmentTable
-from loomray.coupling.telemetry import ServiceTelemetry
 from loomray.coupling.wire import decode
-
-__all__ = ["SNAPSHOT_NAME", "UNDO_DEPTH", "CouplingService", "ServiceSpec"]
-
-# Solved steps kept in memory (and in the journal after a snapshot): more than
-# any rank can be behind the service (coupling.prefetch + 1 <= 9).
-UNDO_DEPTH = 16
-
-
-@dataclass
-class ServiceSpec:
-    """Everything the service needs to (re)build itself, e.g. after a restart."""
-
-    kind: str
-    rows: int
-    caches: int
-    cost: str
-    seed: int
-    world: int
-    snapshot_dir: str | None = None
-    snapshot_every: int = 500
-    timeout_s: float = 300.0
-    run: str = "loomray"
-    run_id: str = ""
-    """Identifies the run's training config: a snapshot or journal of another is refused."""
-    pairs: str | None = None
-    """The pairs coupling (reflow): the pairs folder whose rows' noise seeds it serves
-    (read by the service itself, so a restarted actor needs no arguments kept alive)."""
-    run_dir: str | None = None
-    """The run dir's absolute path, for `loomray status`."""
-    threads: int = 1
-    """Threads for noise and costs (coupling.service_cpus, at least 1)."""
-    driver: dict[str, Any] | None = None
-    """The driver that started it (pid, host, Ray job): a second driver of the same run
-    is refused while this one lives (``loomray.train.launch.claim_service_name``)."""
 
 
 @dataclass
@@ -106,43 +48,6 @@ class _Step:
             x = np.concatenate([self.parts[r][1] for r in ranks])
             self.batch = (counts, rows, x)
         return self.batch
-
-
-def _reconstructed() -> bool:
-    """True inside a Ray actor that Ray restarted after it died. (Ray's own
-    ``was_current_actor_reconstructed`` reads a deprecated property and warns.)"""
-    try:
-        import ray
-        from ray._private.state import actors
-
-        if not ray.is_initialized():
-            return False
-        actor = ray.get_runtime_context().get_actor_id()
-        info = actors(actor_id=actor) if actor else None
-        return bool(info) and info["NumRestarts"] != 0
-    except (ImportError, AttributeError, RuntimeError, KeyError):
-        return False
-
-
-class LostStateError(RuntimeError):
-    """A restarted service could not rebuild its state; restore it from a checkpoint."""
-
-
-class DurabilityError(RuntimeError):
-    """The service could not make a step durable; it solves nothing more."""
-
-
-def write_failure(err: OSError, what: str) -> str:
-    """One sentence for a failed write: what, where and why (disk full, quota, I/O)."""
-    why = {
-        errno.ENOSPC: "the disk is full",
-        errno.EDQUOT: "the disk quota is exceeded",
-        errno.EIO: "an I/O error",
-        errno.EROFS: "the filesystem is read-only",
-        errno.EACCES: "permission denied",
-    }.get(err.errno, err.strerror or type(err).__name__)
-    where = f" {err.filename}" if err.filename else ""
-    return f"{what}{where} failed: {why}"
 
 
 class CouplingService:
@@ -176,7 +81,7 @@ class CouplingService:
         self.restoring_to: int | None = None
         self.restores_pending = 0
         self.restore_lock = asyncio.Lock()
-        if self.durable is not None and _reconstructed():
+        if self.durable is not None and reconstructed():
             self.restarts = 1
             self._rebuild(creation)
         self.coupling = make_coupling(spec.kind, self.table, spec.cost, pair_seeds)
@@ -189,17 +94,12 @@ class CouplingService:
         # idle OpenBLAS threads spin on the cores they need.
         threadpool_limits(limits=1)
         self.solver: asyncio.Task | None = None
-        self.history: collections.deque = collections.deque(maxlen=1000)
-        self.waits: collections.deque = collections.deque(maxlen=1000)
-        self.loss: float | None = None
         self.solved = 0
         self.ahead = 0  # solves whose noise and costs were prepared during the step before
         self.restored_at: int | None = None
         self.solved_since_restore = 0
-        self.submits: dict[int, int] = {}  # batches received per rank
         self.busy_until: dict[int, float] = {}  # see busy()
-        self.nodes: dict[int, str] = {}  # the Ray node of each rank
-        self.telemetry = ServiceTelemetry(spec.run)
+        self.observed = Observed(spec.run)
 
     def _rebuild(self, creation: AssignmentTable | None) -> None:
         """A restarted actor: take the dead one's state from snapshot + journal. Files
@@ -236,7 +136,7 @@ class CouplingService:
         if not 0 <= rank < self.spec.world:
             raise ValueError(f"rank {rank} is outside a world of {self.spec.world}")
         self._check_state()
-        self._record_info(rank, info)
+        self.observed.submitted(rank, info)
         rows, x = np.asarray(rows, np.int64), decode(x)
         if step < self.next_step:  # a resubmit: answer what was answered
             loop = asyncio.get_running_loop()
@@ -312,21 +212,6 @@ class CouplingService:
         if not np.array_equal(solved.record.rows[span], rows):
             raise ValueError(f"rank {rank} resubmitted step {step} with other rows than before")
         return solved.seeds[span]
-
-    def _record_info(self, rank: int, info: dict | None) -> None:
-        self.submits[rank] = self.submits.get(rank, 0) + 1
-        if not info:
-            return
-        if isinstance(info.get("node"), str):
-            self.nodes[rank] = info["node"]
-        if "wait" in info:
-            self.waits.append(float(info["wait"]))
-            if self.telemetry.enabled:
-                self.telemetry.wait.observe(float(info["wait"]))
-        if rank == 0 and "loss" in info:
-            self.loss = float(info["loss"])
-            if self.telemetry.enabled:
-                self.telemetry.loss.set(self.loss)
 
     def _missing(self, step: int) -> list[int]:
         entry = self.steps.get(step)
@@ -417,7 +302,7 @@ class CouplingService:
         self.ahead += stats.ahead
         self.lookahead.observe(stats)
         self.solved_since_restore += 1
-        self._observe(step, seconds, stats, len(rows))
+        self.observed.solved(step, seconds, stats, len(rows), max(0, len(self.steps) - 1))
         if self.durable is not None and (step + 1) % self.spec.snapshot_every == 0:
             self._snapshot(step + 1)
         return stats.seeds  # the answer: each rank regenerates its noise from these
@@ -442,22 +327,7 @@ class CouplingService:
             print(f"loomray: warning: {self.snapshot_problem}", flush=True)
         else:
             self.snapshot_problem = ""
-        if self.telemetry.enabled:
-            self.telemetry.snapshot_failed.set(1.0 if self.snapshot_problem else 0.0)
-
-    def _observe(self, step: int, seconds: float, stats, n: int) -> None:
-        self.history.append(
-            (time.time(), step, seconds, stats.swaps, stats.pre_cost / n, stats.post_cost / n)
-        )
-        if self.telemetry.enabled:
-            t = self.telemetry
-            t.solve.observe(seconds)
-            if stats.swaps:
-                t.swaps.inc(stats.swaps)
-            t.pre.set(stats.pre_cost / n)
-            t.post.set(stats.post_cost / n)
-            t.step.set(step)
-            t.queue.set(max(0, len(self.steps) - 1))
+        self.observed.snapshot_failed(bool(self.snapshot_problem))
 
     # ---- state --------------------------------------------------------------
     async def restore(
@@ -577,7 +447,6 @@ class CouplingService:
 
     def stats(self) -> dict[str, Any]:
         """Live numbers for progress bars, `loomray status` and tests."""
-        hist = list(self.history)
         out: dict[str, Any] = {
             "run": self.spec.run,
             "run_dir": self.spec.run_dir,
@@ -589,30 +458,13 @@ class CouplingService:
             "restarts": self.restarts,
             "phase": self._phase(),
             "queue_depth": sum(1 for e in self.steps.values() if not e.event.is_set()),
-            "loss": self.loss,
-            "workers": [
-                {"rank": r, "node": self.nodes.get(r), "batches": self.submits[r]}
-                for r in sorted(self.submits)
-            ],
         }
         if self.durable is not None and self.solved:
             out["journal_bytes_per_step"] = self.durable.bytes / self.solved
         problems = [p for p in (self.failed, self.snapshot_problem) if p]
         if problems:
             out["problem"] = problems[0].removeprefix("loomray: ")
-        if hist:
-            window = hist[-100:]
-            span = window[-1][0] - window[0][0]
-            out["steps_per_s"] = (len(window) - 1) / span if span > 0 else None
-            out["solve_ms"] = 1e3 * float(np.mean([h[2] for h in window]))
-            out["swaps"] = float(np.mean([h[3] for h in window]))
-            out["cost_pre"] = float(np.mean([h[4] for h in window]))
-            out["cost_post"] = float(np.mean([h[5] for h in window]))
-            out["cost_trend"] = [
-                float(np.mean([h[4] for h in hist[i : i + 50]])) for i in range(0, len(hist), 50)
-            ][-10:]
-        if self.waits:
-            out["wait_ms"] = 1e3 * float(np.mean(list(self.waits)[-200:]))
+        out.update(self.observed.figures())
         return out
 
     def _phase(self) -> str:
@@ -626,8 +478,7 @@ class CouplingService:
         return f"restored to step {self.restored_at}, loading the first batches"
 
     def record(self, images_per_s: float) -> None:
-        if self.telemetry.enabled:
-            self.telemetry.images.set(images_per_s)
+        self.observed.images(images_per_s)
 
     def ping(self) -> bool:
         return True
