@@ -474,7 +474,7 @@ def test_the_trials_at_once_follow_the_sweep_dir_on_resume(tmp_path):
 
 
 def test_key_value_overrides_shrink_a_sweep_from_the_command_line():
-    from loomray.sweep.spec import load_spec
+    from loomray.sweep.parse import load_spec
 
     spec = load_spec(
         "caches-digits", None, ["trials=3", "concurrency=1", "train.steps=1000", "seed=7"]

@@ -32,21 +32,17 @@ A sweep directory holds::
     fid-vs-nfe.png     FID against NFE per cache count (Pareto front if multi-objective)
 """
 
+from loomray.sweep.domain import DOMAINS, Domain, SweepError
+from loomray.sweep.parse import load_spec, shipped_specs, spec_from_dict
 from loomray.sweep.reuse import training_key
 from loomray.sweep.run import TRIAL_MEMORY, prepare_sweep_dir, run_sweep
 from loomray.sweep.spec import (
     DEFAULT_STORAGE,
-    DOMAINS,
     RESOURCES,
     SAMPLER_KEYS,
     SPEC_KEYS,
-    Domain,
-    SweepError,
     SweepSpec,
-    load_spec,
     metric_of,
-    shipped_specs,
-    spec_from_dict,
 )
 from loomray.sweep.summary import SweepResult, pareto_front, plot_sweep, summarize
 from loomray.sweep.trial import run_trial
