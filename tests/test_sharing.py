@@ -22,7 +22,8 @@ from conftest import loomray_cli
 from loomray.cluster.connect import NAMESPACE, LaunchError
 from loomray.config import load_config
 from loomray.files.locks import lock_folder
-from loomray.train.launch import claim_service_name, launch, service_name
+from loomray.train.launch import launch
+from loomray.train.service import claim_service_name, service_name
 
 QUICK = [
     "train.workers=1",
@@ -193,9 +194,9 @@ def test_a_service_another_live_driver_holds_is_never_killed(
     (node-local disks on a cluster): a service that stays is another live driver's,
     so the run is busy and the service untouched; one whose driver died goes with it
     and its name is taken; this process's own leftover is ended."""
-    from loomray.train import launch as launch_module
+    from loomray.train import service as service_module
 
-    monkeypatch.setattr(launch_module, "SERVICE_GONE_S", 3.0)
+    monkeypatch.setattr(service_module, "SERVICE_GONE_S", 3.0)
     cfg = load_config("digits")
     run = tmp_path / "run"
     name = service_name(cfg, run)

@@ -217,7 +217,7 @@ def status_cmd(
     import ray
 
     from loomray.cluster.connect import NAMESPACE, LaunchError, check_reachable, send_token
-    from loomray.train.launch import SERVICE_PREFIX
+    from loomray.train.service import SERVICE_PREFIX
 
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or _pick_local_cluster()

@@ -24,7 +24,7 @@ AUTO = 0  # spec.concurrency of ``concurrency: auto``
 
 def trial_need(cfg: Config) -> dict[str, float]:
     """What one trial holds at most, in all: its service and its training's workers."""
-    from loomray.train.launch import training_need
+    from loomray.train.resources import training_need
 
     return training_need(cfg)
 
@@ -33,7 +33,7 @@ def trials_that_fit(cfg: Config, capacity: Capacity) -> int | None:
     """How many trials the cluster can hold at once, node by node (None: an autoscaler
     may add nodes up to a limit that cannot be read)."""
     from loomray.cluster.capacity import trainings_that_fit
-    from loomray.train.launch import training_bundles
+    from loomray.train.resources import training_bundles
 
     return trainings_that_fit(capacity, *training_bundles(cfg))
 

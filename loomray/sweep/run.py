@@ -74,7 +74,7 @@ def _run_sweep(spec, resume, address, quiet, verbose, on_dashboard, dashboard_ho
     from loomray.cluster.connect import connect
     from loomray.data import build_dataset
     from loomray.sweep.budget import resolve_concurrency, set_concurrency
-    from loomray.train.launch import check_resources
+    from loomray.train.resources import check_resources
 
     resumed = prepare_sweep_dir(spec, resume)
     # Intermediate results carry ASHA's reference-sampler score and final ones the

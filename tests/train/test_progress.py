@@ -2,11 +2,11 @@
 
 import threading
 
-from loomray.train.launch import _Progress
+from loomray.train.progress import Progress
 
 
 def test_a_redirected_log_gets_plain_progress_lines_as_the_run_goes(capsys, monkeypatch):
-    progress = _Progress(service=None, total=200, start=0, enabled=True)
+    progress = Progress(service=None, total=200, start=0, enabled=True)
     steps = iter([9, 9, 99, 149])
     stats = {"phase": "training", "steps_per_s": 3.25, "loss": 0.1234, "wait_ms": 1.5}
     monkeypatch.setattr(progress, "_stats", lambda: {**stats, "step": next(steps, 149)})

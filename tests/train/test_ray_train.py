@@ -233,7 +233,7 @@ def test_bad_requests_end_in_one_sentence_and_touch_nothing(run_a, tmp_path):
 def test_a_service_that_cannot_be_placed_ends_in_one_sentence(ray_session):
     import ray
 
-    from loomray.train.launch import LaunchError, wait_for_service
+    from loomray.train.service import LaunchError, wait_for_service
 
     @ray.remote(num_cpus=64)
     class Unplaceable:

@@ -37,7 +37,7 @@ class ServiceSpec:
     """Threads for noise and costs (coupling.service_cpus, at least 1)."""
     driver: dict[str, Any] | None = None
     """The driver that started it (pid, host, Ray job): a second driver of the same run
-    is refused while this one lives (``loomray.train.launch.claim_service_name``)."""
+    is refused while this one lives (``loomray.train.service.claim_service_name``)."""
 
 
 def reconstructed() -> bool:
