@@ -8,13 +8,9 @@ from typer.testing import CliRunner
 from loomray.checkpoint import save_checkpoint
 from loomray.cli import app
 from loomray.config import load_config
-from loomray.evaluation.evaluate import (
-    EvaluationError,
-    energy_distance,
-    evaluate_model,
-    make_evaluator,
-    to_uint8,
-)
+from loomray.evaluation.evaluate import evaluate_model
+from loomray.evaluation.evaluator import energy_distance, make_evaluator, to_uint8
+from loomray.evaluation.weights import EvaluationError
 from loomray.train.loop import train_local
 
 

@@ -5,14 +5,8 @@ import pytest
 import torch
 
 from loomray.config import load_config
-from loomray.evaluation.evaluate import (
-    combine_shares,
-    eval_batches,
-    evaluate_model,
-    make_evaluator,
-    sample_shares,
-    to_uint8,
-)
+from loomray.evaluation.evaluate import combine_shares, eval_batches, evaluate_model, sample_shares
+from loomray.evaluation.evaluator import make_evaluator, to_uint8
 from loomray.evaluation.fid import FeatureSums
 from loomray.train.loop import train_local
 
@@ -74,7 +68,7 @@ def test_our_fid_is_torch_fidelitys(digits_model):
     evaluator = make_evaluator(cfg)
     (row,) = evaluate_model(model, cfg, ["euler-2"], 600, evaluator)
     from loomray.coupling import noise_from_seeds
-    from loomray.evaluation.evaluate import EVAL_SEED_OFFSET
+    from loomray.evaluation.evaluator import EVAL_SEED_OFFSET
     from loomray.flow.sampling import sample
 
     z = torch.from_numpy(noise_from_seeds(np.arange(600) + EVAL_SEED_OFFSET, cfg.sample_shape))

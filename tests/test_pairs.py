@@ -19,7 +19,7 @@ from loomray.data.pairs import (
     read_manifest,
     read_shard,
 )
-from loomray.evaluation.evaluate import to_uint8
+from loomray.evaluation.evaluator import to_uint8
 from loomray.files.shards import shard_path
 from loomray.flow.sampling import sample
 from loomray.models import build_model

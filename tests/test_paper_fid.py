@@ -8,7 +8,7 @@ from torcheval.metrics import FrechetInceptionDistance
 from torcheval.metrics.image.fid import FIDInceptionV3
 from torchvision.models import inception_v3
 
-from loomray.evaluation.evaluate import Evaluator
+from loomray.evaluation.evaluator import Evaluator
 from loomray.evaluation.fid import FeatureSums, frechet_distance
 from loomray.evaluation.paper_fid import PAPER_EXTRACTOR, real_count, real_indices
 

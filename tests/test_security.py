@@ -107,14 +107,14 @@ def test_inception_weights_that_would_run_code_run_nothing(tmp_path, monkeypatch
 
     import torch
 
-    from loomray.evaluation.evaluate import (
+    from loomray.evaluation.evaluator import (
         INCEPTION,
         PAPER_WEIGHTS_ENV,
         WEIGHTS_ENV,
-        EvaluationError,
         Evaluator,
         _weights_file,
     )
+    from loomray.evaluation.weights import EvaluationError
 
     evil = tmp_path / "weights.pth"
     evil.write_bytes(pickle.dumps({"conv.weight": _RunsCode(tmp_path / "pwned")}))

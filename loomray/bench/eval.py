@@ -17,7 +17,7 @@ from pathlib import Path
 
 from loomray.checkpoint import save_checkpoint
 from loomray.config import Config
-from loomray.evaluation.evaluate import make_evaluator
+from loomray.evaluation.evaluator import make_evaluator
 from loomray.evaluation.workers import evaluate_with_workers
 from loomray.train.loop import train_local
 

@@ -21,7 +21,8 @@ from threadpoolctl import threadpool_limits
 from loomray.config import Config
 from loomray.coupling import AssignmentTable, global_ot_cost, table_cost
 from loomray.data import build_dataset
-from loomray.evaluation.evaluate import evaluate_model, make_evaluator
+from loomray.evaluation.evaluate import evaluate_model
+from loomray.evaluation.evaluator import make_evaluator
 from loomray.train.loop import train_local
 
 KINDS = ("independent", "minibatch-ot", "loom")

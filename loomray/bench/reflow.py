@@ -26,7 +26,8 @@ from loomray.bench.quality import KINDS  # the same three couplings, side by sid
 from loomray.checkpoint import load_checkpoint, save_checkpoint
 from loomray.config import Config
 from loomray.data.pairs import mean_nfe
-from loomray.evaluation.evaluate import evaluate_model, make_evaluator
+from loomray.evaluation.evaluate import evaluate_model
+from loomray.evaluation.evaluator import make_evaluator
 from loomray.reflow.chain import reflow_config, reflow_preset
 from loomray.reflow.generate import generate_pairs, plan_pairs
 from loomray.train.loop import train_local

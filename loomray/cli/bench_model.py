@@ -45,7 +45,7 @@ def bench_eval_cmd(
     from loomray.bench.eval import bench_eval
     from loomray.cluster.connect import LaunchError, connect
     from loomray.data import DatasetError
-    from loomray.evaluation.evaluate import EvaluationError
+    from loomray.evaluation.weights import EvaluationError
 
     counts = sorted(set(_worker_counts(workers)))
     if steps < 1 or repeats < 1:
@@ -86,7 +86,8 @@ def bench_quality_cmd(
 
     from loomray.bench.quality import run_quality
     from loomray.data import DatasetError
-    from loomray.evaluation.evaluate import EvaluationError, method_names
+    from loomray.evaluation.evaluate import method_names
+    from loomray.evaluation.weights import EvaluationError
     from loomray.paths import folder_to_write
 
     extra = list(overrides or []) + ([f"train.steps={steps}"] if steps else [])
@@ -165,8 +166,9 @@ def _write_quality(folder: Path, cfg, seeds: int, runs, metric: str, global_pair
 def bench_sample_cmd(
     ckpt: str = typer.Option(..., help="Checkpoint file or run directory."),
     methods: str = typer.Option(
-        None, help="Comma-separated samplers (euler-N, midpoint-N, heun-N, rk4-N, dopri5; default: "
-        "the run's eval.methods)."
+        None,
+        help="Comma-separated samplers (euler-N, midpoint-N, heun-N, rk4-N, dopri5; default: "
+        "the run's eval.methods).",
     ),
     n: int = typer.Option(4096, help="Samples per sampler."),
     batch: int = typer.Option(None, help="Samples per batch (default: the run's eval.batch)."),
@@ -273,8 +275,11 @@ def bench_loop_cmd(
     console.print(table)
     if out:
         rows = [
-            {**{k: v for k, v in r.__dict__.items() if k != "profile"},
-             "device": _device_name(dev), "batch": cfg.train.batch}
+            {
+                **{k: v for k, v in r.__dict__.items() if k != "profile"},
+                "device": _device_name(dev),
+                "batch": cfg.train.batch,
+            }
             for r in runs
         ]
         Path(out).write_text(json.dumps(rows, indent=2))
@@ -338,5 +343,3 @@ def _write_profiles(runs, folder: Path, title: str) -> None:
             markup=False,
         )
     console.print(f"wrote the profiles to {folder}", markup=False)
-
-

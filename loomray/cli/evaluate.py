@@ -120,14 +120,13 @@ def evaluate_cmd(
     from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint, run_dir_of
     from loomray.data import DatasetError
     from loomray.evaluation.evaluate import (
-        EvaluationError,
-        make_evaluator,
         method_names,
         read_results,
-        weights_state,
         with_precision,
         write_results,
     )
+    from loomray.evaluation.evaluator import make_evaluator
+    from loomray.evaluation.weights import EvaluationError, weights_state
     from loomray.train.launch import LaunchError
 
     if fid_weights:  # refused before anything starts when it is not plain tensors

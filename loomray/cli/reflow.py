@@ -211,7 +211,8 @@ def _scores(checkpoint: str, cfg, path: Path, workers: int, gpus: bool) -> dict:
     import torch
 
     from loomray.cli.common import _evaluate_on_workers
-    from loomray.evaluation.evaluate import make_evaluator, write_results
+    from loomray.evaluation.evaluate import write_results
+    from loomray.evaluation.evaluator import make_evaluator
     from loomray.reflow.chain import read_scores
 
     scores = read_scores(path, cfg)
@@ -307,7 +308,7 @@ def bench_reflow_cmd(
     from loomray.bench.reflow import run_reflow_study
     from loomray.data import DatasetError
     from loomray.data.pairs import PairsError
-    from loomray.evaluation.evaluate import EvaluationError
+    from loomray.evaluation.weights import EvaluationError
     from loomray.paths import folder_to_write
     from loomray.reflow.chain import ReflowError
 

@@ -13,13 +13,12 @@ from typing import Any
 
 from loomray.evaluation.evaluate import (
     EvalRow,
-    Evaluator,
     MethodShare,
     combine_shares,
-    make_evaluator,
     sample_shares,
     with_precision,
 )
+from loomray.evaluation.evaluator import Evaluator, make_evaluator
 
 
 def _share_task(
@@ -66,8 +65,15 @@ def evaluate_with_workers(
     refs = [
         # the driver's weights file, not each node's own setting: one feature space
         task.remote(
-            checkpoint, list(methods), n, evaluator.weights, r, workers, threads,
-            evaluator.protocol, precision,
+            checkpoint,
+            list(methods),
+            n,
+            evaluator.weights,
+            r,
+            workers,
+            threads,
+            evaluator.protocol,
+            precision,
         )
         for r in range(workers)
     ]

@@ -31,7 +31,7 @@ from loomray.data.pairs import (
     weights_fingerprint,
     write_shard,
 )
-from loomray.evaluation.evaluate import to_uint8
+from loomray.evaluation.evaluator import to_uint8
 from loomray.files.shards import Filled, fill, run_tasks
 from loomray.flow.sampling import parse_method, sample
 

@@ -44,7 +44,8 @@ def _evaluate_checkpoint(checkpoint: str, method: str, n: int, threads: int) -> 
     import torch
 
     from loomray.checkpoint import ema_model_of, load_checkpoint
-    from loomray.evaluation.evaluate import evaluate_model, make_evaluator
+    from loomray.evaluation.evaluate import evaluate_model
+    from loomray.evaluation.evaluator import make_evaluator
 
     torch.set_num_threads(max(1, threads))
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -78,7 +78,7 @@ class TrainingEvaluation:
             raise RuntimeError(f"loomray: the evaluation this training needs cannot run: {failed}")
 
     def _prepare(self) -> str | None:
-        from loomray.evaluation.evaluate import make_evaluator
+        from loomray.evaluation.evaluator import make_evaluator
 
         if self.disabled:
             return "switched off earlier"
@@ -97,8 +97,14 @@ class TrainingEvaluation:
         cfg = self.cfg
         try:
             parts = sample_shares(
-                model, cfg, cfg.eval.methods, cfg.eval.n, self.evaluator, self.device,
-                self.rank, self.world,
+                model,
+                cfg,
+                cfg.eval.methods,
+                cfg.eval.n,
+                self.evaluator,
+                self.device,
+                self.rank,
+                self.world,
             )
             return parts, None
         except Exception as err:

@@ -82,7 +82,8 @@ def test_a_short_digits_run_has_a_usable_ema_model():
     """1500 steps at the preset's decay 0.999: with the EMA warm-up the EMA model
     scores close to the raw one; a fixed decay would still be near the initial
     weights (noise, FID in the hundreds)."""
-    from loomray.evaluation.evaluate import evaluate_model, make_evaluator
+    from loomray.evaluation.evaluate import evaluate_model
+    from loomray.evaluation.evaluator import make_evaluator
 
     torch.set_num_threads(1)
     scores = {}

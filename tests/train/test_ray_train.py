@@ -60,7 +60,8 @@ def test_two_workers_through_the_service_equal_the_sequential_algorithm(run_a):
     # both ranks sampled a share of the final EMA model's evaluation, rank 0 reported it:
     # the same figure as one process scoring the checkpoint alone
     from loomray.checkpoint import ema_model_of, load_checkpoint
-    from loomray.evaluation.evaluate import evaluate_model, make_evaluator
+    from loomray.evaluation.evaluate import evaluate_model
+    from loomray.evaluation.evaluator import make_evaluator
 
     ema_cfg, ema = ema_model_of(load_checkpoint(result.checkpoint / CHECKPOINT_FILE))
     (alone,) = evaluate_model(ema, ema_cfg, ["euler-1"], cfg.eval.n, make_evaluator(cfg))

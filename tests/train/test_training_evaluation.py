@@ -42,7 +42,8 @@ def _rank(rank, world, store, preset, fail_rank, model_path, out_path):
     "preset,fail_rank", [("digits", None), ("digits", 0), ("toy2d", None), ("toy2d", 1)]
 )
 def test_two_ranks_agree_with_one_process_and_fail_together(tmp_path, preset, fail_rank):
-    from loomray.evaluation.evaluate import evaluate_model, make_evaluator
+    from loomray.evaluation.evaluate import evaluate_model
+    from loomray.evaluation.evaluator import make_evaluator
 
     cfg = load_config(preset, CONFIGS[preset])
     model = train_local(cfg).state.ema.model
