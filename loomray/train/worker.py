@@ -121,42 +121,68 @@ def train_worker(config: dict[str, Any]) -> None:
     if checkpoint is None and cfg.train.init:
         state.start_from(init_weights(cfg))  # a fine-tune (reflow) starts from these
     if rank == 0:
-        call_service(
-            service.restore,
-            state.step,
-            table.seeds if table is not None else None,
-            table.fingerprint if table is not None else "",
-            # a checkpoint without a table (an imported release): LOOM starts afresh
-            checkpoint is not None and table is None,
-            timeout_s=cfg.coupling.timeout_s,
-        )
+        _restore_service(cfg, service, state.step, table, resumed=checkpoint is not None)
     if world > 1:
         dist.barrier()  # nobody submits before the service is at our step
         state.model = distributed(state.model, device, cfg.sample_shape)
     node = ray.get_runtime_context().get_node_id()
     noise = ServiceNoise(service, rank, cfg.coupling.timeout_s, node=node)
     noise.threads = max(1, int(cfg.train.cpus_per_worker))
-    metrics_path = run_dir / "metrics.jsonl"
-    window: list[StepLog] = []
-
     evaluation = TrainingEvaluation(cfg, device, run_dir, rank, world, config.get("label"))
     if config.get("evaluation_required"):
         evaluation.require()
+    hooks = StepHooks(cfg, state, service, noise, evaluation, run_dir, device, rank)
+    train_steps(cfg, state, dataset, plan, noise, cfg.train.steps, device, rank, world, hooks)
+    if rank == 0:
+        write_samples(cfg, state.ema.model, device, run_dir / "samples", state.step)
 
-    def report(step: int, evaluate: bool = False) -> None:
-        metrics = {
-            "step": step,
-            "loss": mean_loss(window),
-        }
+
+def _restore_service(cfg: Config, service, step: int, table, resumed: bool) -> None:
+    """Rank 0 puts the coupling service at ``step`` with the checkpoint's table."""
+    call_service(
+        service.restore,
+        step,
+        table.seeds if table is not None else None,
+        table.fingerprint if table is not None else "",
+        # a checkpoint without a table (an imported release): LOOM starts afresh
+        resumed and table is None,
+        timeout_s=cfg.coupling.timeout_s,
+    )
+
+
+class StepHooks:
+    """What a worker does after each step: metrics lines (rank 0), reports with
+    checkpoints, evaluations and sample grids, at the configured steps."""
+
+    def __init__(
+        self, cfg: Config, state: TrainState, service, noise, evaluation, run_dir, device, rank: int
+    ) -> None:
+        self.cfg, self.state, self.service, self.noise = cfg, state, service, noise
+        self.evaluation, self.run_dir, self.device, self.rank = evaluation, run_dir, device, rank
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.window: list[StepLog] = []
+        self._restart_clock()
+
+    def _restart_clock(self) -> None:
+        # Throughput is wall time between log points, taken after the one read of the
+        # losses from the device (so the device has done those steps), without the
+        # checkpoints, evaluations and grids in between.
+        self.clock = {"start": time.perf_counter(), "steps": 0, "wait": 0.0}
+
+    def report(self, step: int, evaluate: bool = False) -> None:
+        import ray.train
+
+        cfg, service = self.cfg, self.service
+        metrics = {"step": step, "loss": mean_loss(self.window)}
         if evaluate:  # every rank takes a share
-            metrics.update(evaluation.run(state.ema.model, step))
+            metrics.update(self.evaluation.run(self.state.ema.model, step))
         # Every rank reports at the same steps: a report is a collective.
-        if rank != 0:
+        if self.rank != 0:
             ray.train.report(metrics)
             return
         got = call_service(service.table_at, step, timeout_s=cfg.coupling.timeout_s + 60)
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(Path(tmp) / CHECKPOINT_FILE, state.payload(cfg))
+            save_checkpoint(Path(tmp) / CHECKPOINT_FILE, self.state.payload(cfg))
             if got is not None:
                 AssignmentTable(got["seeds"], got["step"], got["fingerprint"]).save(
                     Path(tmp) / TABLE_FILE
@@ -167,48 +193,45 @@ def train_worker(config: dict[str, Any]) -> None:
                 checkpoint_dir_name=checkpoint_dir_name(step),
             )
 
-    # Throughput is wall time between log points, taken after the one read of the
-    # losses from the device (so the device has done those steps), without the
-    # checkpoints, evaluations and grids in between.
-    clock = {"start": time.perf_counter(), "steps": 0, "wait": 0.0}
+    def _log(self, log: StepLog) -> None:
+        """Rank 0's metrics line: the loss, rate and wait since the last one."""
+        loss = mean_loss(self.window[-self.cfg.train.log_every :])
+        self.noise.note(loss=loss)
+        seconds = time.perf_counter() - self.clock["start"]
+        line = {
+            "step": log.step,
+            "loss": loss,
+            "lr": log.lr,
+            "images_per_s": self.cfg.train.batch * self.clock["steps"] / seconds,
+            "wait_fraction": self.clock["wait"] / seconds,
+            "time": time.time(),
+        }
+        self._restart_clock()
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        self.service.record.remote(line["images_per_s"])
 
-    def on_step(log: StepLog) -> None:
-        window.append(log)
-        noise.note(wait=log.wait)
-        clock["steps"] += 1
-        clock["wait"] += log.wait
-        if rank == 0 and log.step % cfg.train.log_every == 0:
-            loss = mean_loss(window[-cfg.train.log_every :])
-            noise.note(loss=loss)
-            seconds = time.perf_counter() - clock["start"]
-            line = {
-                "step": log.step,
-                "loss": loss,
-                "lr": log.lr,
-                "images_per_s": cfg.train.batch * clock["steps"] / seconds,
-                "wait_fraction": clock["wait"] / seconds,
-                "time": time.time(),
-            }
-            clock.update(start=time.perf_counter(), steps=0, wait=0.0)
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(line) + "\n")
-            service.record.remote(line["images_per_s"])
-        final = log.step == cfg.train.steps
+    def __call__(self, log: StepLog) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        self.window.append(log)
+        self.noise.note(wait=log.wait)
+        self.clock["steps"] += 1
+        self.clock["wait"] += log.wait
+        if self.rank == 0 and log.step % t.log_every == 0:
+            self._log(log)
+        final = log.step == t.steps
         evaluate = final or (bool(cfg.eval.every) and log.step % cfg.eval.every == 0)
         paused = False
-        if log.step % cfg.train.ckpt_every == 0 or evaluate:
-            report(log.step, evaluate)
-            del window[:]
+        if log.step % t.ckpt_every == 0 or evaluate:
+            self.report(log.step, evaluate)
+            del self.window[:]
             paused = True
-        if rank == 0 and cfg.train.sample_every and log.step % cfg.train.sample_every == 0:
+        if self.rank == 0 and t.sample_every and log.step % t.sample_every == 0:
             # the other ranks' next steps wait for rank 0 at the service meanwhile
-            service.busy.remote(0, SAMPLES_BUSY_S)
-            write_samples(cfg, state.ema.model, device, run_dir / "samples", log.step)
-            service.busy.remote(0, 0)
+            self.service.busy.remote(0, SAMPLES_BUSY_S)
+            folder = self.run_dir / "samples"
+            write_samples(cfg, self.state.ema.model, self.device, folder, log.step)
+            self.service.busy.remote(0, 0)
             paused = True
         if paused:
-            clock.update(start=time.perf_counter(), steps=0, wait=0.0)
-
-    train_steps(cfg, state, dataset, plan, noise, cfg.train.steps, device, rank, world, on_step)
-    if rank == 0:
-        write_samples(cfg, state.ema.model, device, run_dir / "samples", state.step)
+            self._restart_clock()
