@@ -80,6 +80,19 @@ def sweep_cmd(
     except ConnectionError as err:
         fail(f"cannot reach the Ray cluster at {address}: {err}")
     _sweep_table(sweep, result)
+    _sweep_summary(sweep, result)
+    if result.interrupted:
+        console.print(
+            f"the sweep stopped with {result.finished} of {sweep.trials} trials finished; "
+            f"continue it with: loomray sweep {spec} --resume"
+            + (f" --storage {storage}" if storage else ""),
+            markup=False,
+        )
+        raise typer.Exit(code=1)
+
+
+def _sweep_summary(sweep, result) -> None:
+    """Below the table: the resources the trials held, the best trial, the files."""
     if result.busy and result.busy[1]:
         resource, most, share = result.busy
         console.print(
@@ -98,14 +111,6 @@ def sweep_cmd(
         )
     for what, path in result.files.items():
         console.print(f"{what + ':':8s}{path}")
-    if result.interrupted:
-        console.print(
-            f"the sweep stopped with {result.finished} of {sweep.trials} trials finished; "
-            f"continue it with: loomray sweep {spec} --resume"
-            + (f" --storage {storage}" if storage else ""),
-            markup=False,
-        )
-        raise typer.Exit(code=1)
 
 
 def _sweep_table(sweep, result) -> None:
