@@ -117,31 +117,17 @@ def evaluate_cmd(
 ) -> None:
     """FID (or energy distance for toy2d) and actual NFE per sampler for a checkpoint."""
 
-    from loomray.checkpoint import CheckpointError, ema_model_of, load_checkpoint, run_dir_of
-    from loomray.data import DatasetError
-    from loomray.evaluation.evaluate import (
-        method_names,
-        read_results,
-        with_precision,
-        write_results,
-    )
+    from loomray.checkpoint import run_dir_of
+    from loomray.evaluation.evaluate import method_names, read_results, write_results
     from loomray.evaluation.evaluator import make_evaluator
-    from loomray.evaluation.weights import EvaluationError, weights_state
-    from loomray.train.launch import LaunchError
+    from loomray.evaluation.weights import EvaluationError
 
-    if fid_weights:  # refused before anything starts when it is not plain tensors
-        try:
-            weights_state(fid_weights, protocol or "standard")
-        except EvaluationError as err:
-            fail(f"--fid-weights: {err}")
     if workers < 1:
         fail(f"--workers must be at least 1, got {workers}")
     dev = _device_or_fail(device)
-    errors = (CheckpointError, EvaluationError, DatasetError, LaunchError, ValueError)
+    errors = _evaluation_errors()
     try:
-        payload = load_checkpoint(ckpt)
-        cfg, model = ema_model_of(payload)
-        cfg = with_precision(cfg, precision)
+        payload, cfg, model = _checkpoint_to_evaluate(ckpt, fid_weights, protocol, precision)
         names = method_names(methods, cfg)
         count = n if n is not None else cfg.eval.n
         if count < 2:
@@ -170,6 +156,33 @@ def evaluate_cmd(
     kept = len(read_results(json_path)) - len(rows)
     also = f" (beside {plural(kept, 'earlier row')})" if kept else ""
     console.print(f"wrote {pq_path} and {json_path}{also}", markup=False)
+
+
+def _evaluation_errors() -> tuple[type[Exception], ...]:
+    """What an evaluation reports in one sentence (exit code 2)."""
+    from loomray.checkpoint import CheckpointError
+    from loomray.data import DatasetError
+    from loomray.evaluation.weights import EvaluationError
+    from loomray.train.launch import LaunchError
+
+    return (CheckpointError, EvaluationError, DatasetError, LaunchError, ValueError)
+
+
+def _checkpoint_to_evaluate(ckpt: str, fid_weights, protocol, precision):
+    """The checkpoint's payload, config (sampling in ``precision``) and EMA model;
+    Inception weights that are not plain tensors are refused first."""
+    from loomray.checkpoint import ema_model_of, load_checkpoint
+    from loomray.evaluation.evaluate import with_precision
+    from loomray.evaluation.weights import EvaluationError, weights_state
+
+    if fid_weights:  # refused before anything starts when it is not plain tensors
+        try:
+            weights_state(fid_weights, protocol or "standard")
+        except EvaluationError as err:
+            raise EvaluationError(f"--fid-weights: {err}") from None
+    payload = load_checkpoint(ckpt)
+    cfg, model = ema_model_of(payload)
+    return payload, with_precision(cfg, precision), model
 
 
 def _eval_table(title: str, rows) -> None:
