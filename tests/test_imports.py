@@ -127,3 +127,22 @@ def test_every_module_has_a_layer_and_imports_nothing_above_it():
     assert not [m for m in graph if layer_of(m) is None]
     upward = [(a, b) for a in graph for b in graph[a] if layer_of(b) > layer_of(a)]
     assert not upward, upward
+
+
+# One concept per module, readable functions: the sizes the house keeps.
+MOST_MODULE_LINES = 500
+MOST_FUNCTION_LINES = 80
+
+
+def test_no_module_or_function_outgrows_the_house():
+    big, long = [], []
+    for path in sorted(ROOT.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > MOST_MODULE_LINES:
+            big.append(f"{path.relative_to(ROOT)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MOST_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines}")
+    assert not big and not long, big + long
