@@ -26,6 +26,7 @@ LAYERS = [
     ["loomray.__main__"],
 ]
 
+
 def _module_name(path: Path) -> str:
     parts = path.relative_to(ROOT.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

@@ -120,14 +120,19 @@ def evaluate_cmd(
     from loomray.checkpoint import run_dir_of
     from loomray.evaluation.evaluate import method_names, read_results, write_results
     from loomray.evaluation.evaluator import make_evaluator
-    from loomray.evaluation.weights import EvaluationError
+    from loomray.evaluation.weights import EvaluationError, weights_state
 
+    if fid_weights:  # refused before anything starts when it is not plain tensors
+        try:
+            weights_state(fid_weights, protocol or "standard")
+        except EvaluationError as err:
+            fail(f"--fid-weights: {err}")
     if workers < 1:
         fail(f"--workers must be at least 1, got {workers}")
     dev = _device_or_fail(device)
     errors = _evaluation_errors()
     try:
-        payload, cfg, model = _checkpoint_to_evaluate(ckpt, fid_weights, protocol, precision)
+        payload, cfg, model = _checkpoint_to_evaluate(ckpt, precision)
         names = method_names(methods, cfg)
         count = n if n is not None else cfg.eval.n
         if count < 2:
@@ -168,18 +173,11 @@ def _evaluation_errors() -> tuple[type[Exception], ...]:
     return (CheckpointError, EvaluationError, DatasetError, LaunchError, ValueError)
 
 
-def _checkpoint_to_evaluate(ckpt: str, fid_weights, protocol, precision):
-    """The checkpoint's payload, config (sampling in ``precision``) and EMA model;
-    Inception weights that are not plain tensors are refused first."""
+def _checkpoint_to_evaluate(ckpt: str, precision):
+    """The checkpoint's payload, config (sampling in ``precision``) and EMA model."""
     from loomray.checkpoint import ema_model_of, load_checkpoint
     from loomray.evaluation.evaluate import with_precision
-    from loomray.evaluation.weights import EvaluationError, weights_state
 
-    if fid_weights:  # refused before anything starts when it is not plain tensors
-        try:
-            weights_state(fid_weights, protocol or "standard")
-        except EvaluationError as err:
-            raise EvaluationError(f"--fid-weights: {err}") from None
     payload = load_checkpoint(ckpt)
     cfg, model = ema_model_of(payload)
     return payload, with_precision(cfg, precision), model

@@ -54,23 +54,6 @@ def _check_data(d: DataConfig) -> None:
     need(d.channels >= 1, f"data.channels must be positive, got {d.channels}")
     need(d.limit is None or d.limit >= 1, f"data.limit must be positive, got {d.limit}")
     need(d.toy_points >= 2, f"data.toy_points must be at least 2, got {d.toy_points}")
-    need(
-        d.posterior in ("sample", "mean"),
-        f"data.posterior must be sample or mean, got {d.posterior!r}",
-    )
-    need(
-        not (d.name == "latents" and d.flip),
-        "data.flip must be false for latents: loomray encode --flip stores the mirrored "
-        "images' latents as rows of their own",
-    )
-    need(
-        d.latent_scale is None or d.latent_scale > 0,
-        f"data.latent_scale must be positive, got {d.latent_scale}",
-    )
-    need(
-        not (d.name == "pairs" and d.flip),
-        "data.flip must be false for pairs: a mirrored image would need mirrored noise",
-    )
 
 
 def _check_model(d: DataConfig, m: ModelConfig) -> None:
@@ -99,6 +82,27 @@ def _check_model(d: DataConfig, m: ModelConfig) -> None:
     need(m.time_scale > 0, f"model.time_scale must be positive, got {m.time_scale}")
 
 
+def _check_latents_and_pairs(d: DataConfig) -> None:
+    """What latents and reflow pairs ask of the data section."""
+    need(
+        d.posterior in ("sample", "mean"),
+        f"data.posterior must be sample or mean, got {d.posterior!r}",
+    )
+    need(
+        not (d.name == "latents" and d.flip),
+        "data.flip must be false for latents: loomray encode --flip stores the mirrored "
+        "images' latents as rows of their own",
+    )
+    need(
+        d.latent_scale is None or d.latent_scale > 0,
+        f"data.latent_scale must be positive, got {d.latent_scale}",
+    )
+    need(
+        not (d.name == "pairs" and d.flip),
+        "data.flip must be false for pairs: a mirrored image would need mirrored noise",
+    )
+
+
 def _check_coupling(d: DataConfig, c: CouplingConfig) -> None:
     """The coupling: its kind for the data, caches, cost, service."""
     from loomray.coupling import KINDS
@@ -110,6 +114,7 @@ def _check_coupling(d: DataConfig, c: CouplingConfig) -> None:
         "reflow pairs train with their stored noise: data.name=pairs goes with "
         f"coupling.kind=pairs (got data.name={d.name}, coupling.kind={c.kind})",
     )
+    _check_latents_and_pairs(d)
     need(c.caches >= 1, f"coupling.caches must be at least 1, got {c.caches}")
     need(c.cost in COSTS, f"coupling.cost must be one of {', '.join(COSTS)}, got {c.cost!r}")
     need(c.snapshot_every >= 1, "coupling.snapshot_every must be at least 1")

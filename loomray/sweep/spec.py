@@ -139,5 +139,5 @@ class SweepSpec:
 
 
 def metric_of(cfg: Config) -> str:
-    """The quality metric a config is scored with (see loomray.evaluation.evaluate)."""
+    """The quality metric a config is scored with (see loomray.evaluation.evaluator)."""
     return "energy" if cfg.data.name == "toy2d" else "fid"
