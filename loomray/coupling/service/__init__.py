@@ -39,7 +39,6 @@ from loomray.coupling.service.spec import (
     DurabilityError,
     LostStateError,
     ServiceSpec,
-    write_failure,
 )
 
 __all__ = [
@@ -49,5 +48,4 @@ __all__ = [
     "DurabilityError",
     "LostStateError",
     "ServiceSpec",
-    "write_failure",
 ]
